@@ -1,0 +1,10 @@
+"""unified_jobs: one way to write background jobs, and a config switch for where they run."""
+
+from unified_jobs.config import Config
+from unified_jobs.errors import NotRegisteredError, UnifiedJobsError
+from unified_jobs.job import JobHandle
+from unified_jobs.jobs import Jobs
+from unified_jobs.worker import Worker
+
+__all__ = ["Config", "JobHandle", "Jobs", "NotRegisteredError", "UnifiedJobsError", "Worker"]
+__version__ = "0.1.0"

@@ -1,0 +1,48 @@
+"""The small interface every adapter implements."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from unified_jobs.job import Job
+
+if TYPE_CHECKING:
+    from unified_jobs.worker import Worker
+
+__all__ = ["Adapter"]
+
+
+class Adapter(ABC):
+    """Takes jobs from ``Jobs.perform_later`` and sees that they run.
+
+    Capabilities are declared as flags; ``Jobs`` checks every job against them in one
+    place, so no adapter can forget a check.
+    """
+
+    #: Human name of the mode/backend, for logs and ``doctor``.
+    kind: ClassVar[str]
+    #: ``wait``/``run_at`` are honoured (else they are ignored: the job runs now).
+    supports_delay: ClassVar[bool] = True
+    #: ``priority`` orders jobs.
+    supports_priority: ClassVar[bool] = True
+
+    @abstractmethod
+    def enqueue(self, job: Job) -> None:
+        """Take the job, or raise ``EnqueueError``. Nothing may be dropped silently."""
+
+    async def aenqueue(self, job: Job) -> None:
+        """Async form; by default ``enqueue`` in a thread so the event loop never blocks."""
+        await asyncio.to_thread(self.enqueue, job)
+
+    def on_register(self, worker_cls: type[Worker[Any]]) -> None:  # noqa: B027 - optional hook
+        """Called for each worker registered with the app."""
+
+    @abstractmethod
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop; with ``wait``, let accepted jobs finish first (up to ``timeout`` seconds)."""
+
+    def describe(self) -> dict[str, str]:
+        """A few facts for ``doctor`` and logs."""
+        return {"mode": self.kind}

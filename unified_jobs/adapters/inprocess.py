@@ -1,0 +1,157 @@
+"""BackgroundAsync: an in-process pool, no broker.
+
+``concurrency`` threads take ready jobs, highest priority first. A sync ``perform`` runs on
+the thread; an ``async def perform`` runs on one event loop the pool owns (the thread waits
+for it, so ``concurrency`` bounds both kinds together). Delayed jobs wait in a heap until due.
+
+Unlike Loco's spawn-and-forget, nothing is dropped silently: ``close`` drains, and at
+interpreter exit the pool drains for ``workers.shutdown_timeout`` seconds; every job that
+could still not run is logged at ERROR with its id, worker and arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import heapq
+import inspect
+import itertools
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, ClassVar
+
+from unified_jobs.adapters.base import Adapter
+from unified_jobs.errors import ShutdownError
+from unified_jobs.job import Job, utcnow
+
+if TYPE_CHECKING:
+    from unified_jobs.jobs import Jobs
+
+__all__ = ["InProcessAdapter"]
+
+logger = logging.getLogger(__name__)
+
+
+class InProcessAdapter(Adapter):
+    kind: ClassVar[str] = "BackgroundAsync"
+
+    def __init__(self, jobs: Jobs, concurrency: int, shutdown_timeout: float) -> None:
+        self._jobs = jobs
+        self._concurrency = concurrency
+        self._shutdown_timeout = shutdown_timeout
+        self._cond = threading.Condition()
+        self._seq = itertools.count()
+        self._ready: list[tuple[int, int, Job]] = []  # (-priority, seq, job)
+        self._delayed: list[tuple[float, int, Job]] = []  # (monotonic due, seq, job)
+        self._running: dict[str, Job] = {}
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopped = False
+        self.completed = 0
+        self.failed = 0
+
+    # -- taking jobs -------------------------------------------------------------------------
+
+    def enqueue(self, job: Job) -> None:
+        with self._cond:
+            if self._stopped:
+                raise ShutdownError(f"the BackgroundAsync pool is shut down; job {job.id} was not taken")
+            if not self._threads:
+                self._start()
+            delay = (job.run_at - utcnow()).total_seconds() if job.run_at else 0.0
+            seq = next(self._seq)
+            if delay > 0:
+                heapq.heappush(self._delayed, (time.monotonic() + delay, seq, job))
+            else:
+                heapq.heappush(self._ready, (-(job.priority or 0), seq, job))
+            self._cond.notify_all()
+
+    def _start(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        loop_thread = threading.Thread(target=loop.run_forever, name="unified-jobs-async-loop", daemon=True)
+        loop_thread.start()
+        for n in range(self._concurrency):
+            t = threading.Thread(target=self._work, name=f"unified-jobs-worker-{n}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        atexit.register(self._at_exit)
+
+    # -- running jobs ------------------------------------------------------------------------
+
+    def _next_job(self) -> Job | None:
+        with self._cond:
+            while True:
+                if self._stopped:
+                    return None
+                now = time.monotonic()
+                while self._delayed and self._delayed[0][0] <= now:
+                    _, seq, job = heapq.heappop(self._delayed)
+                    heapq.heappush(self._ready, (-(job.priority or 0), seq, job))
+                if self._ready:
+                    job = heapq.heappop(self._ready)[2]
+                    self._running[job.id] = job
+                    return job
+                self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
+
+    def _work(self) -> None:
+        while (job := self._next_job()) is not None:
+            ok = self._run(job)
+            with self._cond:
+                del self._running[job.id]
+                if ok:
+                    self.completed += 1
+                else:
+                    self.failed += 1
+                self._cond.notify_all()
+
+    def _run(self, job: Job) -> bool:
+        try:
+            result = self._jobs.prepare(job)()
+            if inspect.iscoroutine(result):
+                assert self._loop is not None
+                asyncio.run_coroutine_threadsafe(result, self._loop).result()
+        except Exception:
+            logger.exception("job %s (%s) failed", job.id, job.name)
+            return False
+        return True
+
+    # -- stopping ----------------------------------------------------------------------------
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            if self._stopped:
+                return
+            while wait and (self._ready or self._delayed or self._running):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            self._stopped = True
+            not_run = [j for *_, j in sorted(self._ready)] + [j for *_, j in sorted(self._delayed)]
+            still_running = list(self._running.values())
+            self._ready.clear()
+            self._delayed.clear()
+            self._cond.notify_all()
+        for job in not_run:
+            logger.error(
+                "job %s (%s) was not run: the app shut down first; queue=%s run_at=%s args=%s",
+                job.id,
+                job.name,
+                job.queue,
+                job.run_at,
+                job.kwargs_json,
+            )
+        for job in still_running:
+            logger.error("job %s (%s) was still running at shutdown and may not finish", job.id, job.name)
+        if self._loop is not None and not still_running:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        atexit.unregister(self._at_exit)
+
+    def _at_exit(self) -> None:
+        self.close(wait=True, timeout=self._shutdown_timeout)
+
+    def describe(self) -> dict[str, str]:
+        return {"mode": self.kind, "concurrency": str(self._concurrency)}

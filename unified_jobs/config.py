@@ -1,0 +1,186 @@
+"""Configuration: ``config/<env>.yaml``, with Loco's keys.
+
+Parsing is strict: an unknown key, a wrong value or type, or a missing section is a
+``ConfigError`` naming the file, the key and the accepted values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unified_jobs.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_ENV",
+    "ENV_VAR",
+    "Config",
+    "Kind",
+    "Mode",
+    "QueueConfig",
+    "WorkersConfig",
+    "load_config",
+    "render_template",
+]
+
+ENV_VAR = "UNIFIED_JOBS_ENV"
+DEFAULT_ENV = "development"
+
+Mode = Literal["BackgroundQueue", "ForegroundBlocking", "BackgroundAsync"]
+Kind = Literal["Redis", "Postgres", "Sqlite"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WorkersConfig(_Strict):
+    """The ``workers:`` section."""
+
+    mode: Mode = "BackgroundAsync"
+    #: BackgroundAsync pool size, and the default concurrency of ``start --worker``.
+    concurrency: int = Field(default=4, ge=1, le=1024)
+    #: Seconds the BackgroundAsync pool waits for queued jobs at interpreter exit.
+    shutdown_timeout: float = Field(default=10.0, ge=0)
+
+
+class QueueConfig(_Strict):
+    """The ``queue:`` section (required when ``workers.mode`` is ``BackgroundQueue``)."""
+
+    kind: Kind
+    uri: str
+    #: On worker start, delete every queued job of this app (only this app's queues).
+    dangerously_flush: bool = False
+    # Loco's optional fields, same meaning.
+    enable_logging: bool = False
+    max_connections: int = Field(default=20, ge=1)
+    min_connections: int = Field(default=1, ge=0)
+    connect_timeout: int = Field(default=500, ge=1, description="milliseconds")
+    idle_timeout: int = Field(default=500, ge=1, description="milliseconds")
+    poll_interval_sec: float = Field(default=1.0, gt=0)
+    num_workers: int | None = Field(default=None, ge=1)
+    queues: tuple[str, ...] | None = None
+    #: Redis only: seconds before an unacknowledged job is delivered again.
+    visibility_timeout: int = Field(default=3600, ge=1)
+    #: SQL kinds only: seconds a claimed job stays leased without a heartbeat.
+    lease_sec: float = Field(default=30.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _uri_not_empty(self) -> QueueConfig:
+        if not self.uri.strip():
+            raise ValueError("queue.uri is empty; set it to the broker's URI")
+        return self
+
+
+class Config(_Strict):
+    """The whole configuration file."""
+
+    workers: WorkersConfig = WorkersConfig()
+    queue: QueueConfig | None = None
+
+    @model_validator(mode="after")
+    def _queue_needed(self) -> Config:
+        if self.workers.mode == "BackgroundQueue" and self.queue is None:
+            raise ValueError(
+                "workers.mode is BackgroundQueue but there is no queue section; add "
+                "queue: {kind: Redis|Postgres|Sqlite, uri: ...}"
+            )
+        return self
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<config>") -> Config:
+        """Validate a mapping, raising ``ConfigError`` with readable messages."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, source)) from None
+
+
+_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_GET_ENV = re.compile(
+    r"""^\s*get_env\(\s*name\s*=\s*(["'])(?P<name>[^"']+)\1\s*"""
+    r"""(?:,\s*default\s*=\s*(["'])(?P<default>[^"']*)\4\s*)?\)\s*$"""
+)
+
+
+def render_template(text: str, *, source: str = "<config>") -> str:
+    """Replace ``{{ get_env(name="X", default="y") }}`` as Loco's config files do."""
+
+    def substitute(match: re.Match[str]) -> str:
+        expr = match.group(1)
+        call = _GET_ENV.match(expr)
+        if call is None:
+            raise ConfigError(
+                f"{source}: unsupported template {match.group(0)!r}; only "
+                '{{ get_env(name="VAR", default="value") }} is supported'
+            )
+        value = os.environ.get(call.group("name"), call.group("default"))
+        if value is None:
+            raise ConfigError(
+                f"{source}: environment variable {call.group('name')} is not set and the "
+                'template gives no default; set it or write get_env(name="...", default="...")'
+            )
+        return value
+
+    return _TEMPLATE.sub(substitute, text)
+
+
+def load_config(env: str | None = None, config_dir: str | os.PathLike[str] = "config") -> Config:
+    """Load ``<config_dir>/<env>.yaml``; ``env`` defaults to ``$UNIFIED_JOBS_ENV`` or development."""
+    env = env or os.environ.get(ENV_VAR) or DEFAULT_ENV
+    path = Path(config_dir) / f"{env}.yaml"
+    if not path.is_file():
+        available = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+        hint = f" (found envs: {', '.join(available)})" if available else ""
+        raise ConfigError(f"{path}: config file not found for env {env!r}{hint}; create it or set {ENV_VAR}")
+    source = str(path)
+    text = render_template(path.read_text(encoding="utf-8"), source=source)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the file must hold a mapping (workers:, queue:)")
+    return Config.from_dict(data, source=source)
+
+
+def _model_for(loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Config
+    for part in loc:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
+            return None
+        annotation = model.model_fields[part].annotation
+        model = next(
+            (
+                a
+                for a in (annotation, *get_args(annotation))
+                if isinstance(a, type) and issubclass(a, BaseModel)
+            ),
+            None,
+        )
+    return model
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parent = _model_for(loc[:-1])
+            accepted = ", ".join(parent.model_fields) if parent else "?"
+            lines.append(f"{key}: unknown key; accepted keys here: {accepted}")
+        elif err["type"] == "literal_error":
+            expected = err.get("ctx", {}).get("expected", "")
+            lines.append(f"{key}: got {err['input']!r}; accepted values: {expected}")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {msg} (got {err['input']!r})" if loc else msg)
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)

@@ -1,0 +1,268 @@
+"""``Jobs``: the app. It holds the config, the context and the registered workers, and hands
+each enqueued job to the adapter the config's mode picks."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import datetime, timedelta
+from types import MappingProxyType, TracebackType
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from unified_jobs.adapters.base import Adapter
+from unified_jobs.config import Config, load_config
+from unified_jobs.errors import (
+    BackendNotAvailableError,
+    DuplicateWorkerError,
+    InvalidOptionError,
+    NotRegisteredError,
+    ShutdownError,
+)
+from unified_jobs.job import Job, JobHandle, new_job_id, utcnow
+from unified_jobs.worker import Worker
+
+__all__ = ["MAX_PRIORITY", "Jobs"]
+
+logger = logging.getLogger(__name__)
+
+W = TypeVar("W", bound=type[Worker[Any]])
+
+#: Priorities run from 0 (the default) to 9; higher runs first.
+MAX_PRIORITY = 9
+
+
+class Jobs:
+    """The unified_jobs app.
+
+    ``Jobs(config, context=None)`` builds it from a ``Config``; ``Jobs.from_config()`` loads
+    ``config/<env>.yaml`` first. ``context`` is handed to every worker as ``self.ctx``.
+    """
+
+    def __init__(self, config: Config, context: Any = None, celery_app: Any = None) -> None:
+        self.config = config
+        self.context = context
+        self._celery_app = celery_app
+        self._workers: dict[str, type[Worker[Any]]] = {}
+        self._closed = False
+        self._adapter = self._make_adapter()
+
+    @classmethod
+    def from_config(
+        cls,
+        env: str | None = None,
+        config_dir: str | os.PathLike[str] = "config",
+        context: Any = None,
+        celery_app: Any = None,
+    ) -> Jobs:
+        """Load ``<config_dir>/<env>.yaml`` (env: ``$UNIFIED_JOBS_ENV``, default development)."""
+        return cls(load_config(env, config_dir), context=context, celery_app=celery_app)
+
+    def _make_adapter(self) -> Adapter:
+        mode = self.config.workers.mode
+        if mode == "ForegroundBlocking":
+            from unified_jobs.adapters.inline import InlineAdapter
+
+            return InlineAdapter(self)
+        if mode == "BackgroundAsync":
+            from unified_jobs.adapters.inprocess import InProcessAdapter
+
+            return InProcessAdapter(
+                self, self.config.workers.concurrency, self.config.workers.shutdown_timeout
+            )
+        assert self.config.queue is not None  # the config guarantees it under BackgroundQueue
+        kind = self.config.queue.kind
+        factory = _QUEUE_ADAPTERS.get(kind)
+        if factory is None:
+            raise BackendNotAvailableError(
+                f"queue kind {kind} is not available yet in this version of unified_jobs; "
+                "use workers.mode BackgroundAsync or ForegroundBlocking for now"
+            )
+        module, _, attr = factory.partition(":")
+        adapter_cls: Callable[[Jobs], Adapter] = getattr(importlib.import_module(module), attr)
+        return adapter_cls(self)
+
+    # -- registry ----------------------------------------------------------------------------
+
+    def register(self, worker_cls: W) -> W:
+        """Register a worker class; also usable as a class decorator. Returns the class."""
+        if not (isinstance(worker_cls, type) and issubclass(worker_cls, Worker)):
+            raise TypeError(f"register() takes a Worker subclass, got {worker_cls!r}")
+        worker_cls._check_definition()
+        existing = self._workers.get(worker_cls.name)
+        if existing is worker_cls:
+            return worker_cls
+        if existing is not None:
+            raise DuplicateWorkerError(
+                f"two workers are named {worker_cls.name!r}: {_qualname(existing)} and "
+                f'{_qualname(worker_cls)}; give one of them another `name = "..."`'
+            )
+        self._workers[worker_cls.name] = worker_cls
+        worker_cls._unified_jobs_app = self
+        self._adapter.on_register(worker_cls)
+        return worker_cls
+
+    @property
+    def workers(self) -> Mapping[str, type[Worker[Any]]]:
+        """The registered workers by name (read-only)."""
+        return MappingProxyType(self._workers)
+
+    def worker(self, name: str) -> type[Worker[Any]]:
+        """The registered worker called ``name``; ``NotRegisteredError`` if none."""
+        try:
+            return self._workers[name]
+        except KeyError:
+            raise NotRegisteredError(
+                f"no worker named {name!r} is registered with this app; call jobs.register(...) "
+                f"with it (registered: {', '.join(sorted(self._workers)) or 'none'})"
+            ) from None
+
+    # -- enqueueing --------------------------------------------------------------------------
+
+    def perform_later(
+        self,
+        worker_cls: type[Worker[Any]],
+        args: BaseModel | dict[str, Any],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """Enqueue a job of ``worker_cls`` with ``args`` (a model instance or a dict).
+
+        The arguments are validated (``pydantic.ValidationError`` if invalid, and nothing is
+        enqueued) and serialized to JSON in every mode. ``wait`` (a timedelta) or ``run_at``
+        (an aware datetime) delay the job; ``queue`` overrides the worker's queue; ``priority``
+        is 0-9, higher first.
+        """
+        job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
+        self._adapter.enqueue(job)
+        return job.handle()
+
+    async def aperform_later(
+        self,
+        worker_cls: type[Worker[Any]],
+        args: BaseModel | dict[str, Any],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """``perform_later`` for async code: the same checks, and the event loop never blocks."""
+        job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
+        await self._adapter.aenqueue(job)
+        return job.handle()
+
+    def _build_job(
+        self,
+        worker_cls: type[Worker[Any]],
+        args: BaseModel | dict[str, Any],
+        wait: timedelta | None,
+        run_at: datetime | None,
+        queue: str | None,
+        priority: int | None,
+    ) -> Job:
+        if self._closed:
+            raise ShutdownError("this Jobs app was shut down; it takes no more jobs")
+        if self._workers.get(getattr(worker_cls, "name", None)) is not worker_cls:  # type: ignore[arg-type]
+            raise NotRegisteredError(
+                f"worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with this "
+                f"app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)})"
+            )
+        model = worker_cls.args_model
+        validated = args if type(args) is model else model.model_validate(args)
+        payload = validated.model_dump_json()
+        model.model_validate_json(payload)  # what a queue's worker will do: fail here, not there
+        return Job(
+            id=new_job_id(),
+            name=worker_cls.name,
+            queue=_check_queue(queue if queue is not None else worker_cls.queue),
+            kwargs_json=payload,
+            priority=self._check_priority(priority),
+            run_at=self._due_time(wait, run_at),
+        )
+
+    def _due_time(self, wait: timedelta | None, run_at: datetime | None) -> datetime | None:
+        if wait is not None and run_at is not None:
+            raise InvalidOptionError("give either wait= or run_at=, not both")
+        if wait is not None:
+            if not isinstance(wait, timedelta):
+                raise InvalidOptionError(f"wait= takes a datetime.timedelta, got {wait!r}")
+            if wait < timedelta(0):
+                raise InvalidOptionError(f"wait= must not be negative, got {wait}")
+            run_at = utcnow() + wait
+        elif run_at is not None:
+            if not isinstance(run_at, datetime):
+                raise InvalidOptionError(f"run_at= takes a datetime, got {run_at!r}")
+            if run_at.tzinfo is None or run_at.utcoffset() is None:
+                raise InvalidOptionError(
+                    f"run_at= must be timezone-aware, got naive {run_at.isoformat()}; "
+                    "use e.g. datetime.now(timezone.utc) + timedelta(...)"
+                )
+        if run_at is not None and not self._adapter.supports_delay:
+            logger.debug("%s ignores delays: the job runs now", self._adapter.kind)
+        return run_at
+
+    def _check_priority(self, priority: int | None) -> int | None:
+        if priority is None:
+            return None
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= MAX_PRIORITY:
+            raise InvalidOptionError(
+                f"priority= takes an int from 0 to {MAX_PRIORITY} (higher runs first), got {priority!r}"
+            )
+        return priority
+
+    # -- running (used by every adapter) -----------------------------------------------------
+
+    def prepare(self, job: Job) -> Callable[[], Any]:
+        """Validate the job's arguments and build its worker; return the call that runs it.
+
+        The call returns ``perform``'s result, a coroutine for ``async def perform``.
+        Raises ``NotRegisteredError`` or ``pydantic.ValidationError`` before anything runs.
+        """
+        worker_cls = self.worker(job.name)
+        args = worker_cls.args_model.model_validate_json(job.kwargs_json)
+        worker = worker_cls(self.context)
+        return lambda: worker.perform(args)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def mode(self) -> str:
+        return self.config.workers.mode
+
+    def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
+        """Stop what the app started. The BackgroundAsync pool is drained first (up to
+        ``timeout`` seconds); jobs that could not run are logged by id."""
+        self._closed = True
+        self._adapter.close(wait=wait, timeout=timeout)
+
+    def __enter__(self) -> Jobs:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<Jobs mode={self.mode} workers={len(self._workers)}>"
+
+
+# BackgroundQueue kinds and the adapter class behind each; filled in as the kinds land.
+_QUEUE_ADAPTERS: dict[str, str] = {}
+
+
+def _check_queue(queue: str) -> str:
+    if not isinstance(queue, str) or not queue.strip():
+        raise InvalidOptionError(f"queue= takes a non-empty string, got {queue!r}")
+    return queue
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

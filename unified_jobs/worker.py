@@ -1,0 +1,158 @@
+"""``Worker[Args]``: a background job with typed (pydantic) arguments."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
+
+from pydantic import BaseModel
+
+from unified_jobs.errors import NotRegisteredError, WorkerDefinitionError
+
+if TYPE_CHECKING:
+    from unified_jobs.job import JobHandle
+    from unified_jobs.jobs import Jobs
+
+__all__ = ["Args", "Worker"]
+
+Args = TypeVar("Args", bound=BaseModel)
+
+_EXAMPLE = (
+    "write it as:\n"
+    "    class MyArgs(pydantic.BaseModel):\n"
+    "        user_id: int\n\n"
+    "    class {name}(Worker[MyArgs]):\n"
+    "        def perform(self, args: MyArgs) -> None: ..."
+)
+
+
+class Worker(Generic[Args]):
+    """Base class of every job.
+
+    Subclass it with the pydantic model of the job's arguments as the generic parameter and
+    implement ``perform`` (plain or ``async def``)::
+
+        class ReportWorker(Worker[ReportArgs]):
+            queue = "reports"
+            def perform(self, args: ReportArgs) -> None: ...
+
+    One instance is built per job, with the app's shared context as ``self.ctx``.
+    """
+
+    #: Queue the worker's jobs go to unless ``perform_later(queue=...)`` says otherwise.
+    queue: ClassVar[str] = "default"
+    #: Tags; ``unified-jobs start --worker --tag T`` runs only workers tagged ``T``.
+    tags: ClassVar[tuple[str, ...]] = ()
+    #: Unique name, also the Celery task name. Default: ``"<module>.<ClassName>"``.
+    name: ClassVar[str]
+    #: The pydantic model of the arguments, taken from the generic parameter.
+    args_model: ClassVar[type[BaseModel]]
+
+    # The Jobs app the class was last registered with (used by the classmethod shortcuts).
+    _unified_jobs_app: ClassVar[Jobs | None] = None
+
+    def __init__(self, ctx: Any = None) -> None:
+        self.ctx = ctx
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = f"{cls.__module__}.{cls.__qualname__}"
+        elif not isinstance(cls.__dict__["name"], str) or not cls.__dict__["name"]:
+            raise WorkerDefinitionError(f"{cls.__qualname__}.name must be a non-empty string")
+        if isinstance(cls.tags, str):
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__}.tags must be a tuple of strings, e.g. tags = ({cls.tags!r},)"
+            )
+        cls.tags = tuple(cls.tags)
+        if not isinstance(cls.queue, str) or not cls.queue:
+            raise WorkerDefinitionError(f"{cls.__qualname__}.queue must be a non-empty string")
+        cls._unified_jobs_app = None
+        model = _args_model_from_bases(cls)
+        if model is not None:
+            cls.args_model = model
+
+    # -- the job ---------------------------------------------------------------------------
+
+    def perform(self, args: Args) -> Awaitable[None] | None:
+        """Do the work. Override it; ``async def perform`` is supported too."""
+        raise NotImplementedError
+
+    # -- enqueueing shortcuts ----------------------------------------------------------------
+
+    @classmethod
+    def perform_later(
+        cls,
+        args: Args | dict[str, Any],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """Enqueue a job on the app this worker is registered with. See ``Jobs.perform_later``."""
+        return cls._app().perform_later(cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority)
+
+    @classmethod
+    async def aperform_later(
+        cls,
+        args: Args | dict[str, Any],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> JobHandle:
+        """Async form of ``perform_later``; see ``Jobs.aperform_later``."""
+        return await cls._app().aperform_later(
+            cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority
+        )
+
+    @classmethod
+    def _app(cls) -> Jobs:
+        app = cls._unified_jobs_app
+        if app is None:
+            raise NotRegisteredError(
+                f"worker {cls.name!r} is not registered; call jobs.register({cls.__qualname__}) "
+                "(or decorate the class with @jobs.register) before enqueueing it"
+            )
+        return app
+
+    @classmethod
+    def _check_definition(cls) -> None:
+        """Raise ``WorkerDefinitionError`` unless the class can be registered."""
+        model = getattr(cls, "args_model", None)
+        if model is None:
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__} has no arguments model; " + _EXAMPLE.format(name=cls.__qualname__)
+            )
+        if cls.perform is Worker.perform:
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__} does not implement perform(self, args); "
+                + _EXAMPLE.format(name=cls.__qualname__)
+            )
+
+    @classmethod
+    def is_async(cls) -> bool:
+        """True when ``perform`` is an ``async def``."""
+        return inspect.iscoroutinefunction(cls.perform)
+
+
+def _args_model_from_bases(cls: type) -> type[BaseModel] | None:
+    for base in getattr(cls, "__orig_bases__", ()):
+        origin = get_origin(base)
+        if not (isinstance(origin, type) and issubclass(origin, Worker)):
+            continue
+        params = get_args(base)
+        if not params or isinstance(params[0], TypeVar):
+            return None  # generic intermediate class: checked at registration
+        param = params[0]
+        if not (isinstance(param, type) and issubclass(param, BaseModel)):
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__}: Worker[{getattr(param, '__name__', param)!s}] needs a "
+                "pydantic model as its parameter; " + _EXAMPLE.format(name=cls.__qualname__)
+            )
+        return param
+    return None
