@@ -233,6 +233,21 @@ class Jobs:
     # -- lifecycle ---------------------------------------------------------------------------
 
     @property
+    def adapter(self) -> Adapter:
+        """The adapter the mode picked (or the one swapped in by ``unified_jobs.testing``)."""
+        return self._adapter
+
+    def _replace_adapter(self, adapter: Adapter) -> Adapter:
+        """Swap in another adapter (for the test toolkit); returns the previous one.
+
+        Registered workers are replayed into the new adapter's ``on_register``.
+        """
+        previous, self._adapter = self._adapter, adapter
+        for worker_cls in self._workers.values():
+            adapter.on_register(worker_cls)
+        return previous
+
+    @property
     def mode(self) -> str:
         return self.config.workers.mode
 
