@@ -1,0 +1,65 @@
+"""Recording: the test-only adapter. Jobs are recorded, never run.
+
+``Jobs.perform_later`` has already validated the arguments and serialized them to JSON
+when ``enqueue`` is called, so what is recorded is exactly what a queue would receive.
+``unified_jobs.testing`` builds the assertion helpers and ``perform_enqueued_jobs`` on it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import ClassVar
+
+from unified_jobs.adapters.base import Adapter
+from unified_jobs.job import Job
+
+__all__ = ["RecordingAdapter"]
+
+
+class RecordingAdapter(Adapter):
+    """Records every enqueued ``Job``, in enqueue order; thread-safe.
+
+    Delays and priorities are accepted and kept on the recorded job (``run_at``,
+    ``priority``) so tests can assert on them; nothing ever runs by itself.
+    """
+
+    kind: ClassVar[str] = "Recording"
+    supports_delay: ClassVar[bool] = True
+    supports_priority: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: list[Job] = []
+
+    def enqueue(self, job: Job) -> None:
+        """Record ``job``."""
+        with self._lock:
+            self._jobs.append(job)
+
+    async def aenqueue(self, job: Job) -> None:
+        # Appending under a lock never blocks for long: no thread hop needed.
+        self.enqueue(job)
+
+    @property
+    def jobs(self) -> list[Job]:
+        """A copy of the recorded jobs, oldest first."""
+        with self._lock:
+            return list(self._jobs)
+
+    def take(self, predicate: Callable[[Job], bool]) -> Job | None:
+        """Remove and return the oldest recorded job for which ``predicate`` is true."""
+        with self._lock:
+            for index, job in enumerate(self._jobs):
+                if predicate(job):
+                    return self._jobs.pop(index)
+        return None
+
+    def clear(self) -> list[Job]:
+        """Forget every recorded job; returns the ones forgotten."""
+        with self._lock:
+            jobs, self._jobs = self._jobs, []
+        return jobs
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        return None

@@ -1,0 +1,530 @@
+"""Helpers for testing code that enqueues jobs.
+
+Put an app in recording mode, and ``perform_later`` validates and serializes the job
+exactly as it would for a real queue, then only records it::
+
+    from unified_jobs.testing import assert_enqueued, perform_enqueued_jobs, recording
+
+    with recording(jobs):
+        signup(email="ada@example.com")
+        assert_enqueued(WelcomeEmail, args={"user_id": 1})
+        perform_enqueued_jobs()        # run them (and the jobs they enqueue), as a worker would
+
+With pytest, the ``jobs_recorder`` fixture does the ``with`` for you (see
+``unified_jobs.pytest_plugin`` and docs/guides/testing.md). The module-level helpers act
+on the recorder of the worker's app, or with no worker given, on the one started last.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from unified_jobs._async import run_coroutine_sync
+from unified_jobs.adapters.base import Adapter
+from unified_jobs.adapters.recording import RecordingAdapter
+from unified_jobs.config import Config, WorkersConfig
+from unified_jobs.errors import InvalidOptionError, UnifiedJobsError
+from unified_jobs.job import Job
+from unified_jobs.jobs import Jobs
+from unified_jobs.worker import Worker
+
+__all__ = [
+    "DEFAULT_PERFORM_LIMIT",
+    "JobRecorder",
+    "NoRecorderError",
+    "OverrideMode",
+    "RecordedJob",
+    "TooManyJobsError",
+    "aperform_enqueued_jobs",
+    "assert_enqueued",
+    "assert_not_enqueued",
+    "clear_enqueued_jobs",
+    "current_recorder",
+    "enqueued_jobs",
+    "override_mode",
+    "perform_enqueued_jobs",
+    "recording",
+]
+
+#: How many jobs one ``perform_enqueued_jobs`` call runs at most before it gives up.
+DEFAULT_PERFORM_LIMIT = 100
+
+#: The modes ``override_mode`` can switch an app into.
+OverrideMode = Literal["ForegroundBlocking", "BackgroundAsync", "Recording"]
+
+WorkerClass = type[Worker[Any]]
+Only = WorkerClass | Iterable[WorkerClass] | None
+
+
+class NoRecorderError(UnifiedJobsError):
+    """A helper needed a recording app and there was none; the message says how to start one."""
+
+
+class TooManyJobsError(UnifiedJobsError, AssertionError):
+    """``perform_enqueued_jobs`` hit its ``limit`` with jobs still enqueued (likely a job loop)."""
+
+
+@dataclass(frozen=True)
+class RecordedJob:
+    """One recorded job: the ``Job`` exactly as a queue would have received it, and its app."""
+
+    #: The job as ``perform_later`` handed it to the adapter (arguments as JSON text).
+    job: Job
+    #: The app it was enqueued on.
+    app: Jobs
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def name(self) -> str:
+        """The worker's name."""
+        return self.job.name
+
+    @property
+    def queue(self) -> str:
+        return self.job.queue
+
+    @property
+    def priority(self) -> int | None:
+        return self.job.priority
+
+    @property
+    def run_at(self) -> datetime | None:
+        """When the job becomes due (``wait=``/``run_at=``), or ``None`` for now."""
+        return self.job.run_at
+
+    @property
+    def worker(self) -> WorkerClass:
+        """The worker class registered under the job's name."""
+        return self.app.worker(self.name)
+
+    @property
+    def kwargs(self) -> Any:
+        """The arguments as decoded JSON (a dict for a ``Worker`` job)."""
+        return json.loads(self.job.kwargs_json)
+
+    @property
+    def args(self) -> BaseModel:
+        """The arguments as the worker will get them: the model, rebuilt from the JSON."""
+        return self.worker.args_model.model_validate_json(self.job.kwargs_json)
+
+    def __str__(self) -> str:
+        extra = "".join(
+            f" {key}={value}"
+            for key, value in (("priority", self.priority), ("run_at", self.run_at))
+            if value is not None
+        )
+        return f"{self.name} queue={self.queue}{extra} args={_compact(self.kwargs)}"
+
+
+class JobRecorder:
+    """Records what ``app`` enqueues, while started (``with JobRecorder(app):`` or ``start()``).
+
+    Starting swaps a ``RecordingAdapter`` into the app; stopping puts the previous adapter
+    back. Jobs already recorded stay readable after ``stop()``.
+    """
+
+    def __init__(self, app: Jobs) -> None:
+        #: The app being recorded.
+        self.app = app
+        #: The adapter that holds the recorded jobs.
+        self.adapter = RecordingAdapter()
+        self._previous: Adapter | None = None
+
+    # -- switching -------------------------------------------------------------------------
+
+    @property
+    def active(self) -> bool:
+        """True between ``start()`` and ``stop()``."""
+        return self._previous is not None
+
+    def start(self) -> JobRecorder:
+        """Put the app in recording mode; returns ``self``."""
+        if self.active:
+            raise UnifiedJobsError("this JobRecorder is already started")
+        self._previous = self.app._replace_adapter(self.adapter)
+        with _active_lock:
+            _active.append(self)
+        return self
+
+    def stop(self) -> None:
+        """Give the app back the adapter it had before ``start()``."""
+        previous, self._previous = self._previous, None
+        if previous is None:
+            return
+        with _active_lock:
+            _active.remove(self)
+        self.app._replace_adapter(previous)
+
+    def __enter__(self) -> JobRecorder:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "stopped"
+        return f"<JobRecorder {state} jobs={len(self.adapter.jobs)} app={self.app!r}>"
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def enqueued_jobs(self, worker: WorkerClass | None = None, queue: str | None = None) -> list[RecordedJob]:
+        """The recorded jobs, oldest first; only ``worker``'s and on ``queue`` when given."""
+        return [
+            RecordedJob(job, self.app)
+            for job in self.adapter.jobs
+            if (worker is None or job.name == worker.name) and (queue is None or job.queue == queue)
+        ]
+
+    def clear_enqueued_jobs(self) -> None:
+        """Forget every recorded job."""
+        self.adapter.clear()
+
+    # -- asserting -------------------------------------------------------------------------
+
+    def assert_enqueued(
+        self,
+        worker: WorkerClass,
+        args: BaseModel | dict[str, Any] | None = None,
+        count: int | None = None,
+        queue: str | None = None,
+    ) -> list[RecordedJob]:
+        """Assert that ``worker`` jobs were enqueued, and return them.
+
+        ``args`` (a model instance or a dict, validated by the worker's model) must equal the
+        job's arguments in their JSON form; ``queue`` must be the job's queue; ``count`` is the
+        exact number of matching jobs (default: at least one). On failure, the
+        ``AssertionError`` shows a diff against the closest recorded arguments and lists
+        every recorded job.
+        """
+        __tracebackhide__ = True
+        expected = None if args is None else _expected_kwargs(worker, args)
+        matches = [j for j in self.enqueued_jobs(worker, queue) if expected is None or j.kwargs == expected]
+        if len(matches) == count or (count is None and matches):
+            return matches
+        wanted = "a job" if count is None else f"{count} job{'' if count == 1 else 's'}"
+        lines = [
+            f"expected {wanted} of {_describe_worker(worker)}{_conditions(expected, queue)}, "
+            f"found {len(matches)}"
+        ]
+        if expected is not None and not matches:
+            lines += _closest_diff(expected, self.enqueued_jobs(worker))
+        lines += _listing(self.enqueued_jobs())
+        raise AssertionError("\n".join(lines))
+
+    def assert_not_enqueued(
+        self, worker: WorkerClass | None = None, args: BaseModel | dict[str, Any] | None = None
+    ) -> None:
+        """Assert that no job was enqueued: none at all, none of ``worker``, or none of
+        ``worker`` with these ``args``."""
+        __tracebackhide__ = True
+        if args is not None and worker is None:
+            raise InvalidOptionError("assert_not_enqueued(args=...) needs the worker class too")
+        expected = None if args is None or worker is None else _expected_kwargs(worker, args)
+        matches = [j for j in self.enqueued_jobs(worker) if expected is None or j.kwargs == expected]
+        if not matches:
+            return
+        what = "no job" if worker is None else f"no job of {_describe_worker(worker)}"
+        lines = [f"expected {what}{_conditions(expected, None)}, found {len(matches)}"]
+        lines += _listing(self.enqueued_jobs())
+        raise AssertionError("\n".join(lines))
+
+    # -- performing ------------------------------------------------------------------------
+
+    def perform_enqueued_jobs(
+        self, only: Only = None, limit: int = DEFAULT_PERFORM_LIMIT
+    ) -> list[RecordedJob]:
+        """Run the recorded jobs, oldest first, and the jobs they enqueue, until none are left.
+
+        Each job goes through ``Jobs.prepare``, as on a real worker: its JSON arguments are
+        validated into the model and a fresh worker is built with the app's context. ``only``
+        (a worker class or several) leaves other jobs recorded. A job's exception propagates
+        (that job is no longer recorded). More than ``limit`` jobs raises
+        ``TooManyJobsError``. Returns the jobs run. Delays and priorities are not honoured.
+        """
+        __tracebackhide__ = True
+        done = []
+        for recorded, call in self._prepared_jobs(only, limit):
+            result = call()
+            if inspect.iscoroutine(result):
+                run_coroutine_sync(result)
+            done.append(recorded)
+        return done
+
+    async def aperform_enqueued_jobs(
+        self, only: Only = None, limit: int = DEFAULT_PERFORM_LIMIT
+    ) -> list[RecordedJob]:
+        """``perform_enqueued_jobs`` for async tests: ``async def perform`` runs on the caller's loop."""
+        done = []
+        for recorded, call in self._prepared_jobs(only, limit):
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+            done.append(recorded)
+        return done
+
+    def _prepared_jobs(self, only: Only, limit: int) -> Iterator[tuple[RecordedJob, Callable[[], Any]]]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidOptionError(f"limit= takes a positive int, got {limit!r}")
+        wanted = _selector(only)
+        for _ in range(limit):
+            job = self.adapter.take(wanted)
+            if job is None:
+                return
+            yield RecordedJob(job, self.app), self.app.prepare(job)
+        left = [RecordedJob(j, self.app) for j in self.adapter.jobs if wanted(j)]
+        if left:
+            lines = [
+                f"perform_enqueued_jobs ran {limit} jobs and {len(left)} more are still enqueued; "
+                "a job probably enqueues itself (or another) without end. If that many jobs are "
+                "expected, pass a higher limit=."
+            ]
+            raise TooManyJobsError("\n".join(lines + _listing(left)))
+
+
+# -- switching an app's mode ---------------------------------------------------------------
+
+
+@contextmanager
+def recording(app: Jobs) -> Iterator[JobRecorder]:
+    """Record what ``app`` enqueues inside the ``with`` block; yields the ``JobRecorder``."""
+    with JobRecorder(app) as recorder:
+        yield recorder
+
+
+@contextmanager
+def override_mode(app: Jobs, mode: OverrideMode) -> Iterator[Jobs]:
+    """Run ``app`` in another mode inside the ``with`` block, then restore its adapter.
+
+    ``"ForegroundBlocking"`` runs jobs inline, ``"BackgroundAsync"`` in a fresh in-process
+    pool (drained on exit), ``"Recording"`` records them (the recorder is then
+    ``current_recorder()``, so the module-level helpers work).
+    """
+    if mode == "Recording":
+        with recording(app):
+            yield app
+        return
+    adapter: Adapter
+    if mode == "ForegroundBlocking":
+        from unified_jobs.adapters.inline import InlineAdapter
+
+        adapter = InlineAdapter(app)
+    elif mode == "BackgroundAsync":
+        from unified_jobs.adapters.inprocess import InProcessAdapter
+
+        workers = app.config.workers
+        adapter = InProcessAdapter(app, workers.concurrency, workers.shutdown_timeout)
+    else:
+        raise InvalidOptionError(
+            f"override_mode() takes 'ForegroundBlocking', 'BackgroundAsync' or 'Recording', got {mode!r}"
+        )
+    previous = app._replace_adapter(adapter)
+    try:
+        yield app
+    finally:
+        try:
+            adapter.close(wait=True)
+        finally:
+            app._replace_adapter(previous)
+
+
+# -- module-level helpers: they act on the current recorder ---------------------------------
+
+_active: list[JobRecorder] = []
+_active_lock = threading.Lock()
+
+
+def current_recorder(worker: WorkerClass | None = None) -> JobRecorder:
+    """The started recorder of ``worker``'s app, or with no worker, the one started last.
+
+    Raises ``NoRecorderError`` (saying how to start one) when there is none.
+    """
+    with _active_lock:
+        recorders = list(reversed(_active))
+    if not recorders:
+        raise NoRecorderError(
+            "no app is in recording mode: use the jobs_recorder fixture (pytest), "
+            "or `with unified_jobs.testing.recording(jobs):`"
+        )
+    if worker is None:
+        return recorders[0]
+    app = worker._unified_jobs_app
+    for recorder in recorders:
+        if recorder.app is app:
+            return recorder
+    for recorder in recorders:
+        if recorder.app.workers.get(worker.name) is worker:
+            return recorder
+    where = "is not registered with any app" if app is None else f"is registered with {app!r}"
+    raise NoRecorderError(
+        f"{worker.__qualname__} {where}, which is not in recording mode (recording: "
+        f"{', '.join(repr(r.app) for r in recorders)}). Record the app the code under test uses: "
+        "point the pytest plugin at it (ini option unified_jobs_app = 'pkg.module:jobs', or "
+        "override the unified_jobs_app fixture), or use `with recording(that_app):`"
+    )
+
+
+def enqueued_jobs(worker: WorkerClass | None = None, queue: str | None = None) -> list[RecordedJob]:
+    """The recorded jobs (of ``worker``, on ``queue``); see ``JobRecorder.enqueued_jobs``."""
+    return current_recorder(worker).enqueued_jobs(worker, queue)
+
+
+def assert_enqueued(
+    worker: WorkerClass,
+    args: BaseModel | dict[str, Any] | None = None,
+    count: int | None = None,
+    queue: str | None = None,
+) -> list[RecordedJob]:
+    """Assert ``worker`` jobs were enqueued; see ``JobRecorder.assert_enqueued``."""
+    __tracebackhide__ = True
+    return current_recorder(worker).assert_enqueued(worker, args, count, queue)
+
+
+def assert_not_enqueued(
+    worker: WorkerClass | None = None, args: BaseModel | dict[str, Any] | None = None
+) -> None:
+    """Assert no (matching) job was enqueued; see ``JobRecorder.assert_not_enqueued``."""
+    __tracebackhide__ = True
+    current_recorder(worker).assert_not_enqueued(worker, args)
+
+
+def perform_enqueued_jobs(only: Only = None, limit: int = DEFAULT_PERFORM_LIMIT) -> list[RecordedJob]:
+    """Run the recorded jobs; see ``JobRecorder.perform_enqueued_jobs``."""
+    __tracebackhide__ = True
+    workers = None if only is None else _as_tuple(only)
+    return _recorder_for(workers).perform_enqueued_jobs(workers, limit)
+
+
+async def aperform_enqueued_jobs(only: Only = None, limit: int = DEFAULT_PERFORM_LIMIT) -> list[RecordedJob]:
+    """Async form of ``perform_enqueued_jobs``."""
+    workers = None if only is None else _as_tuple(only)
+    return await _recorder_for(workers).aperform_enqueued_jobs(workers, limit)
+
+
+def clear_enqueued_jobs() -> None:
+    """Forget the jobs recorded by the current recorder."""
+    current_recorder().clear_enqueued_jobs()
+
+
+def _recorder_for(only: Only) -> JobRecorder:
+    workers = _as_tuple(only)
+    return current_recorder(workers[0] if workers else None)
+
+
+# -- internals -----------------------------------------------------------------------------
+
+
+def _as_tuple(only: Only) -> tuple[WorkerClass, ...]:
+    if only is None:
+        return ()
+    return (only,) if isinstance(only, type) else tuple(only)
+
+
+def _selector(only: Only) -> Callable[[Job], bool]:
+    if only is None:
+        return lambda job: True
+    names = {worker.name for worker in _as_tuple(only)}
+    return lambda job: job.name in names
+
+
+def _expected_kwargs(worker: WorkerClass, args: BaseModel | dict[str, Any]) -> Any:
+    """``args`` in the JSON form ``perform_later`` would enqueue, decoded."""
+    model = worker.args_model
+    try:
+        validated = args if type(args) is model else model.model_validate(args)
+    except ValidationError as exc:
+        raise InvalidOptionError(
+            f"args= does not validate as {model.__name__} (the arguments of {worker.__qualname__}), "
+            f"so no job could have them:\n{exc}"
+        ) from None
+    return json.loads(validated.model_dump_json())
+
+
+def _describe_worker(worker: WorkerClass) -> str:
+    if worker.name == f"{worker.__module__}.{worker.__qualname__}":
+        return worker.__qualname__
+    return f"{worker.__qualname__} (name {worker.name!r})"
+
+
+def _conditions(expected: Any, queue: str | None) -> str:
+    parts = [] if expected is None else [f" with args {_compact(expected)}"]
+    if queue is not None:
+        parts.append(f" on queue {queue!r}")
+    return "".join(parts)
+
+
+def _closest_diff(expected: Any, candidates: list[RecordedJob]) -> list[str]:
+    if not candidates:
+        return []
+    want = _pretty(expected)
+    best = max(candidates, key=lambda j: difflib.SequenceMatcher(None, want, _pretty(j.kwargs)).ratio())
+    got = _pretty(best.kwargs)
+    if got == want:
+        return [f"a job with exactly these args is on queue {best.queue!r}"]
+    diff = difflib.unified_diff(
+        want.splitlines(), got.splitlines(), "expected args", f"enqueued args (job {best.id})", lineterm=""
+    )
+    return ["closest enqueued args (- expected, + enqueued):", *("    " + line for line in diff)]
+
+
+def _listing(jobs: list[RecordedJob]) -> list[str]:
+    if not jobs:
+        return ["no jobs were enqueued"]
+    return [f"enqueued jobs ({len(jobs)}):", *(f"    {n}. {job}" for n, job in enumerate(jobs, 1))]
+
+
+def _pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _new_app(context: Any = None) -> Jobs:
+    """A fresh app in ForegroundBlocking mode, for the pytest fixtures."""
+    return Jobs(Config(workers=WorkersConfig(mode="ForegroundBlocking")), context=context)
+
+
+def _worker_classes() -> list[WorkerClass]:
+    found: list[WorkerClass] = []
+    pending: list[WorkerClass] = list(Worker.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+@contextmanager
+def _preserved_worker_bindings(throwaway: Iterable[Jobs] = ()) -> Iterator[None]:
+    """Undo, on exit, the changes of which app each ``Worker`` class enqueues on.
+
+    ``register`` binds a class to the app; a test that registers the user's workers with
+    a fresh app must not leave them bound to it. A class bound to no app before is put
+    back only if it is now bound to one of ``throwaway`` (apps made for the test).
+    """
+    throwaway_ids = {id(app) for app in throwaway}
+    before = {cls: cls.__dict__.get("_unified_jobs_app") for cls in _worker_classes()}
+    try:
+        yield
+    finally:
+        for cls, app in before.items():
+            now = cls.__dict__.get("_unified_jobs_app")
+            if now is not app and (app is not None or id(now) in throwaway_ids):
+                cls._unified_jobs_app = app
