@@ -290,9 +290,9 @@ class JobRecorder:
         left = [RecordedJob(j, self.app) for j in self.adapter.jobs if wanted(j)]
         if left:
             lines = [
-                f"perform_enqueued_jobs ran {limit} jobs and {len(left)} more are still enqueued; "
-                "a job probably enqueues itself (or another) without end. If that many jobs are "
-                "expected, pass a higher limit=."
+                f"perform_enqueued_jobs stopped at its limit of {limit} jobs with {len(left)} still "
+                "enqueued; a job probably enqueues itself (or another) without end. If that many "
+                "jobs are expected, pass a higher limit=."
             ]
             raise TooManyJobsError("\n".join(lines + _listing(left)))
 
@@ -482,10 +482,13 @@ def _closest_diff(expected: Any, candidates: list[RecordedJob]) -> list[str]:
     return ["closest enqueued args (- expected, + enqueued):", *("    " + line for line in diff)]
 
 
-def _listing(jobs: list[RecordedJob]) -> list[str]:
+def _listing(jobs: list[RecordedJob], shown: int = 50) -> list[str]:
     if not jobs:
         return ["no jobs were enqueued"]
-    return [f"enqueued jobs ({len(jobs)}):", *(f"    {n}. {job}" for n, job in enumerate(jobs, 1))]
+    lines = [f"enqueued jobs ({len(jobs)}):", *(f"    {n}. {job}" for n, job in enumerate(jobs[:shown], 1))]
+    if len(jobs) > shown:
+        lines.append(f"    ... and {len(jobs) - shown} more")
+    return lines
 
 
 def _pretty(value: Any) -> str:
