@@ -103,8 +103,8 @@ class Config(_Strict):
 
 _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _GET_ENV = re.compile(
-    r"""^\s*get_env\(\s*name\s*=\s*(["'])(?P<name>[^"']+)\1\s*"""
-    r"""(?:,\s*default\s*=\s*(["'])(?P<default>[^"']*)\4\s*)?\)\s*$"""
+    r"""^\s*get_env\(\s*name\s*=\s*(?P<q1>["'])(?P<name>[^"']+)(?P=q1)\s*"""
+    r"""(?:,\s*default\s*=\s*(?P<q2>["'])(?P<default>[^"']*)(?P=q2)\s*)?\)\s*$"""
 )
 
 

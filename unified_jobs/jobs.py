@@ -227,7 +227,7 @@ class Jobs:
         """
         worker_cls = self.worker(job.name)
         args = worker_cls.args_model.model_validate_json(job.kwargs_json)
-        worker = worker_cls(self.context)
+        worker = worker_cls(self.context, job.id)
         return lambda: worker.perform(args)
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -53,8 +53,11 @@ class Worker(Generic[Args]):
     # The Jobs app the class was last registered with (used by the classmethod shortcuts).
     _unified_jobs_app: ClassVar[Jobs | None] = None
 
-    def __init__(self, ctx: Any = None) -> None:
+    def __init__(self, ctx: Any = None, job_id: str | None = None) -> None:
+        #: The shared context given to ``Jobs(..., context=...)``.
         self.ctx = ctx
+        #: The id of the job being performed (the ``JobHandle.id`` / Celery task id).
+        self.job_id = job_id
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -126,12 +129,12 @@ class Worker(Generic[Args]):
         model = getattr(cls, "args_model", None)
         if model is None:
             raise WorkerDefinitionError(
-                f"{cls.__qualname__} has no arguments model; " + _EXAMPLE.format(name=cls.__qualname__)
+                f"{cls.__qualname__} has no arguments model; " + _EXAMPLE.format(name=cls.__name__)
             )
         if cls.perform is Worker.perform:
             raise WorkerDefinitionError(
                 f"{cls.__qualname__} does not implement perform(self, args); "
-                + _EXAMPLE.format(name=cls.__qualname__)
+                + _EXAMPLE.format(name=cls.__name__)
             )
 
     @classmethod
@@ -152,7 +155,7 @@ def _args_model_from_bases(cls: type) -> type[BaseModel] | None:
         if not (isinstance(param, type) and issubclass(param, BaseModel)):
             raise WorkerDefinitionError(
                 f"{cls.__qualname__}: Worker[{getattr(param, '__name__', param)!s}] needs a "
-                "pydantic model as its parameter; " + _EXAMPLE.format(name=cls.__qualname__)
+                "pydantic model as its parameter; " + _EXAMPLE.format(name=cls.__name__)
             )
         return param
     return None

@@ -1,0 +1,1 @@
+"""A tiny shop whose background jobs run through unified_jobs."""

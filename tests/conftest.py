@@ -1,0 +1,30 @@
+"""Shared test helpers: service checks that skip on a laptop and fail on CI."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+PG_HOST, PG_PORT = "127.0.0.1", 5432
+
+
+def service_up(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (laptop) or fail (CI is set) when a service does not answer."""
+    if service_up(host, port):
+        return
+    reason = f"{name} is not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
+    pytest.skip(f"{reason}; start it to run this test")
