@@ -1,0 +1,121 @@
+"""Database URLs and SQLAlchemy engines for the SQL queue: one engine per URL per process.
+
+SQLite connections are set up for a queue: WAL, a busy timeout, ``synchronous`` as configured,
+and every transaction opened with ``BEGIN IMMEDIATE`` so a claim takes the write lock before
+it reads (no lock upgrade, so no SQLITE_BUSY deadlock between two claimers).
+Engines are fork-safe: a forked child (Celery's prefork pool) gets fresh pools and never
+touches its parent's connections.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry
+
+__all__ = ["dialect_of", "get_engine", "normalize_db_url"]
+
+_SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+def normalize_db_url(uri: str) -> str:
+    """The SQLAlchemy URL for a user's plain ``postgresql://`` or ``sqlite:///`` URI.
+
+    ``postgres://`` and ``postgresql://`` get the psycopg 3 driver; others pass unchanged.
+    """
+    for plain in ("postgres://", "postgresql://"):
+        if uri.startswith(plain):
+            return "postgresql+psycopg://" + uri[len(plain):]
+    return uri
+
+
+def dialect_of(uri: str) -> str:
+    """``"postgresql"`` or ``"sqlite"``; ``ValueError`` for anything else."""
+    backend = make_url(normalize_db_url(uri)).get_backend_name()
+    if backend not in ("postgresql", "sqlite"):
+        raise ValueError(
+            f"the SQL queue supports postgresql:// and sqlite:/// URLs, not {backend}:// ({uri!r})"
+        )
+    if backend == "sqlite" and make_url(uri).database in (None, "", ":memory:"):
+        raise ValueError(
+            f"the SQLite queue needs a file, e.g. sqlite:///jobs.db, not {uri!r}: workers are "
+            "other processes"
+        )
+    return backend
+
+
+_engines: dict[tuple[str, float, str, tuple[tuple[str, Any], ...]], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def get_engine(
+    uri: str,
+    *,
+    busy_timeout_sec: float = 10.0,
+    sqlite_synchronous: str = "NORMAL",
+    engine_options: dict[str, Any] | None = None,
+) -> Engine:
+    """The process's shared engine for ``uri`` (created on first use)."""
+    url = normalize_db_url(uri)
+    extra = tuple(sorted((engine_options or {}).items()))
+    key = (url, busy_timeout_sec, sqlite_synchronous, extra)
+    engine = _engines.get(key)
+    if engine is not None:
+        return engine
+    with _engines_lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _create(make_url(url), busy_timeout_sec, sqlite_synchronous, dict(extra))
+            _engines[key] = engine
+        return engine
+
+
+def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[str, Any]) -> Engine:
+    if url.get_backend_name() == "postgresql":
+        options.setdefault("pool_pre_ping", True)
+        options.setdefault("pool_size", 5)
+        options.setdefault("max_overflow", 10)
+        return create_engine(url, **options)
+
+    synchronous = synchronous.upper()
+    if synchronous not in _SQLITE_SYNCHRONOUS:
+        raise ValueError(f"sqlite_synchronous must be one of {_SQLITE_SYNCHRONOUS}, not {synchronous!r}")
+    connect_args = dict(options.pop("connect_args", {}))
+    connect_args.setdefault("timeout", busy_timeout_sec)
+    connect_args.setdefault("check_same_thread", False)
+    engine = create_engine(url, connect_args=connect_args, **options)
+    busy_ms = int(busy_timeout_sec * 1000)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # Manage transactions ourselves (see _on_begin) instead of the sqlite3 module.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute(f"PRAGMA synchronous = {synchronous}")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _after_fork_in_child() -> None:
+    # The parent's pooled connections are left alone (not closed: that would end the
+    # parent's sessions); the child opens its own on demand. The lock may have been held
+    # by a parent thread at fork time, so the child gets a new one.
+    global _engines_lock
+    _engines_lock = threading.Lock()
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,269 @@
+"""The SQL queue's schema: tables, indexes, the Postgres wake-up trigger, and its version.
+
+All DDL of the SQL queue lives here; all DML lives in ``queries.py``. Tables are named
+``<prefix>jobs`` and ``<prefix>schema_version`` (prefix ``unified_jobs_`` by default), so
+several apps, or test runs, can share one database.
+
+Schema changes: bump ``SCHEMA_VERSION`` and add the step to ``_MIGRATIONS``; ``ensure_schema``
+applies the missing steps in order, under a lock, and records each in the version table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+
+__all__ = [
+    "DEFAULT_TABLE_PREFIX",
+    "SCHEMA_VERSION",
+    "STATUSES",
+    "Tables",
+    "drop_schema",
+    "ensure_schema_on",
+    "tables_for",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_TABLE_PREFIX = "unified_jobs_"
+
+QUEUED = "queued"
+PROCESSING = "processing"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+#: Every status a job row can have (Loco's names).
+STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
+
+# Lower-case identifiers only: they are used unquoted in DDL and as the NOTIFY channel name.
+_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The SQLAlchemy tables for one table prefix."""
+
+    prefix: str
+    metadata: MetaData
+    jobs: Table
+    version: Table
+
+    @property
+    def notify_channel(self) -> str:
+        """The Postgres LISTEN/NOTIFY channel: the jobs table's name."""
+        return self.jobs.name
+
+
+def _id_type() -> BigInteger:
+    # BIGINT on Postgres; on SQLite only "INTEGER PRIMARY KEY" is the auto-incrementing rowid.
+    return BigInteger().with_variant(Integer(), "sqlite")
+
+
+@lru_cache(maxsize=64)
+def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
+    """The tables named with ``prefix`` (validated: lower-case letters, digits, underscores)."""
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(
+            f"table_prefix {prefix!r} is invalid: use up to 40 lower-case letters, digits and "
+            "underscores, starting with a letter or underscore (e.g. 'unified_jobs_')"
+        )
+    md = MetaData()
+    statuses = ", ".join(f"'{s}'" for s in STATUSES)
+    jobs = Table(
+        f"{prefix}jobs",
+        md,
+        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("queue", String(255), nullable=False),
+        Column("task_name", String(255), nullable=True),  # Celery's task (= worker) name
+        Column("task_id", String(255), nullable=True),  # Celery's task id; not unique (retries)
+        Column("payload", Text, nullable=False),  # the whole kombu message, JSON
+        Column("status", String(16), nullable=False, server_default=QUEUED),
+        Column("priority", Integer, nullable=False, server_default="0"),  # higher runs first
+        Column("run_at", DateTime(timezone=True), nullable=False),
+        Column("attempts", Integer, nullable=False, server_default="0"),  # claims so far
+        Column("lease_owner", String(255), nullable=True),
+        Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("last_error", Text, nullable=True),
+        CheckConstraint(f"status IN ({statuses})", name=f"{prefix}jobs_status_check"),
+    )
+    queued = jobs.c.status == QUEUED
+    processing = jobs.c.status == PROCESSING
+    # Serves the claim: equality on queue, then the ORDER BY, over ready rows only.
+    Index(
+        f"{prefix}jobs_ready_idx",
+        jobs.c.queue,
+        jobs.c.priority.desc(),
+        jobs.c.run_at,
+        jobs.c.id,
+        postgresql_where=queued,
+        sqlite_where=queued,
+    )
+    # Serves the lease reaper and heartbeats.
+    Index(
+        f"{prefix}jobs_lease_idx",
+        jobs.c.lease_expires_at,
+        postgresql_where=processing,
+        sqlite_where=processing,
+    )
+    Index(f"{prefix}jobs_task_id_idx", jobs.c.task_id)
+    version = Table(
+        f"{prefix}schema_version",
+        md,
+        Column("version", Integer, primary_key=True, autoincrement=False),
+        Column("applied_at", DateTime(timezone=True), nullable=False),
+    )
+    return Tables(prefix=prefix, metadata=md, jobs=jobs, version=version)
+
+
+# --- Postgres extras -----------------------------------------------------------------------
+
+def _pg_notify_ddl(t: Tables) -> list[str]:
+    """A trigger that NOTIFYs ``<prefix>jobs`` with the queue name whenever a row becomes queued.
+
+    In the database, not in the producer, so every path that makes a job ready (enqueue,
+    requeue, an expired lease, a future ``jobs retry``) wakes idle workers.
+    """
+    fn = f"{t.prefix}jobs_notify"
+    return [
+        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_NAME, NEW.queue);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql""",
+        f"DROP TRIGGER IF EXISTS {fn}_trg ON {t.jobs.name}",
+        f"""CREATE TRIGGER {fn}_trg AFTER INSERT OR UPDATE OF status ON {t.jobs.name}
+FOR EACH ROW WHEN (NEW.status = '{QUEUED}') EXECUTE FUNCTION {fn}()""",
+    ]
+
+
+def _pg_drop_ddl(t: Tables) -> list[str]:
+    return [
+        f"DROP TABLE IF EXISTS {t.jobs.name}",
+        f"DROP TABLE IF EXISTS {t.version.name}",
+        f"DROP FUNCTION IF EXISTS {t.prefix}jobs_notify()",
+    ]
+
+
+def _lock_key(t: Tables) -> int:
+    return zlib.crc32(f"unified_jobs schema {t.prefix}".encode())
+
+
+# --- versioned steps -----------------------------------------------------------------------
+
+def _v1(conn: Connection, t: Tables) -> None:
+    t.metadata.create_all(conn, checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        for ddl in _pg_notify_ddl(t):
+            conn.exec_driver_sql(ddl)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1}
+
+_done: set[tuple[str, str]] = set()
+_done_lock = threading.Lock()
+
+
+def _reset_lock_in_child() -> None:
+    global _done_lock
+    _done_lock = threading.Lock()  # a parent thread may have held it at fork time
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_lock_in_child)
+
+
+def _current_version(conn: Connection, t: Tables) -> int:
+    if not inspect(conn).has_table(t.version.name):
+        return 0
+    return int(conn.execute(select(func.coalesce(func.max(t.version.c.version), 0))).scalar_one())
+
+
+def ensure_schema_on(engine: Engine, t: Tables) -> int:
+    """Create or migrate the schema if needed; idempotent and safe from many processes at once.
+
+    Returns the schema version now in the database. The check is cached per process.
+    """
+    key = (engine.url.render_as_string(hide_password=True), t.prefix)
+    if key in _done:
+        return SCHEMA_VERSION
+    with _done_lock:
+        if key in _done:
+            return SCHEMA_VERSION
+        # Fast path, no lock: already at our version.
+        with engine.connect() as conn:
+            version = _current_version(conn, t)
+            conn.rollback()
+        if version < SCHEMA_VERSION:
+            version = _migrate(engine, t)
+        elif version > SCHEMA_VERSION:
+            logger.warning(
+                "table %s is at schema version %d, newer than this unified_jobs (%d); "
+                "upgrade unified_jobs", t.version.name, version, SCHEMA_VERSION,
+            )
+        _done.add(key)
+        return version
+
+
+def _migrate(engine: Engine, t: Tables) -> int:
+    # One transaction: on Postgres DDL is transactional and an advisory lock serialises
+    # concurrent first starts; on SQLite the transaction is BEGIN IMMEDIATE (see engine.py).
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(t)})
+        version = _current_version(conn, t)
+        for step in range(version + 1, SCHEMA_VERSION + 1):
+            logger.info("applying unified_jobs SQL schema step %d to %s", step, t.jobs.name)
+            _MIGRATIONS[step](conn, t)
+            conn.execute(insert(t.version).values(version=step, applied_at=func.now()))
+        return max(version, SCHEMA_VERSION)
+
+
+def drop_schema(engine: Engine, t: Tables) -> None:
+    """Drop the tables (and the Postgres trigger function). Destroys every job; for tests."""
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            for ddl in _pg_drop_ddl(t):
+                conn.exec_driver_sql(ddl)
+        else:
+            t.metadata.drop_all(conn, checkfirst=True)
+    key = (engine.url.render_as_string(hide_password=True), t.prefix)
+    with _done_lock:
+        _done.discard(key)
+
+
+def is_missing_table_error(exc: BaseException) -> bool:
+    """True when ``exc`` says a table does not exist (used to retry after an outside DROP)."""
+    return isinstance(exc, DBAPIError) and (
+        "no such table" in str(exc) or "UndefinedTable" in type(exc.orig).__name__
+    )
