@@ -279,6 +279,7 @@ class JobRecorder:
         return done
 
     def _prepared_jobs(self, only: Only, limit: int) -> Iterator[tuple[RecordedJob, Callable[[], Any]]]:
+        __tracebackhide__ = True
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidOptionError(f"limit= takes a positive int, got {limit!r}")
         wanted = _selector(only)
@@ -354,6 +355,7 @@ def current_recorder(worker: WorkerClass | None = None) -> JobRecorder:
 
     Raises ``NoRecorderError`` (saying how to start one) when there is none.
     """
+    __tracebackhide__ = True
     with _active_lock:
         recorders = list(reversed(_active))
     if not recorders:
