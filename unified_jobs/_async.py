@@ -36,3 +36,25 @@ def run_coroutine_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise outcome["error"]
     result: T = outcome["result"]
     return result
+
+
+_local = threading.local()
+
+
+def run_on_thread_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on this thread's own long-lived event loop (made on first use).
+
+    Queue workers use it so that consecutive async jobs in one worker thread share a loop,
+    and loop-bound resources (connection pools in the context) keep working across jobs.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return run_coroutine_sync(coro)
+    loop: asyncio.AbstractEventLoop | None = getattr(_local, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = asyncio.new_event_loop()
+        _local.loop = loop
+    return loop.run_until_complete(coro)

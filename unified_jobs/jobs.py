@@ -4,12 +4,13 @@ each enqueued job to the adapter the config's mode picks."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -24,6 +25,11 @@ from unified_jobs.errors import (
 )
 from unified_jobs.job import Job, JobHandle, new_job_id, utcnow
 from unified_jobs.worker import Worker
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from unified_jobs.adapters.celery_app import CeleryBridge
 
 __all__ = ["MAX_PRIORITY", "Jobs"]
 
@@ -48,6 +54,9 @@ class Jobs:
         self._celery_app = celery_app
         self._workers: dict[str, type[Worker[Any]]] = {}
         self._closed = False
+        self._bridge: CeleryBridge | None = None
+        if celery_app is not None:
+            self.celery_bridge()  # adopt it now, so its tasks follow the mode from the start
         self._adapter = self._make_adapter()
 
     @classmethod
@@ -82,6 +91,8 @@ class Jobs:
                 "use workers.mode BackgroundAsync or ForegroundBlocking for now"
             )
         module, _, attr = factory.partition(":")
+        if importlib.util.find_spec(module) is None:
+            raise BackendNotAvailableError(f"queue kind {kind} needs {module}, which is not installed")
         adapter_cls: Callable[[Jobs], Adapter] = getattr(importlib.import_module(module), attr)
         return adapter_cls(self)
 
@@ -102,6 +113,8 @@ class Jobs:
             )
         self._workers[worker_cls.name] = worker_cls
         worker_cls._unified_jobs_app = self
+        if self._bridge is not None:
+            self._bridge.register_worker(worker_cls)
         self._adapter.on_register(worker_cls)
         return worker_cls
 
@@ -225,10 +238,31 @@ class Jobs:
         The call returns ``perform``'s result, a coroutine for ``async def perform``.
         Raises ``NotRegisteredError`` or ``pydantic.ValidationError`` before anything runs.
         """
+        if job.name not in self._workers and self._bridge is not None:
+            run_task = self._bridge.run_task(job)  # a plain Celery task of an adopted app
+            if run_task is not None:
+                return run_task
         worker_cls = self.worker(job.name)
         args = worker_cls.args_model.model_validate_json(job.kwargs_json)
         worker = worker_cls(self.context, job.id)
         return lambda: worker.perform(args)
+
+    # -- Celery ------------------------------------------------------------------------------
+
+    @property
+    def celery(self) -> Celery:
+        """The real ``celery.Celery`` app: ``celery -A myapp.jobs:jobs.celery worker`` works."""
+        return self.celery_bridge().app
+
+    def celery_bridge(self) -> CeleryBridge:
+        """The Celery side of the app, made on first use (it imports celery)."""
+        if self._bridge is None:
+            from unified_jobs.adapters.celery_app import CeleryBridge
+
+            self._bridge = CeleryBridge(self, self._celery_app)
+            for worker_cls in self._workers.values():
+                self._bridge.register_worker(worker_cls)
+        return self._bridge
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -270,7 +304,9 @@ class Jobs:
 
 
 # BackgroundQueue kinds and the adapter class behind each; filled in as the kinds land.
-_QUEUE_ADAPTERS: dict[str, str] = {}
+_QUEUE_ADAPTERS: dict[str, str] = {
+    "Redis": "unified_jobs.adapters.queue:CeleryQueueAdapter",
+}
 
 
 def _check_queue(queue: str) -> str:

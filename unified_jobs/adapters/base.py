@@ -29,8 +29,11 @@ class Adapter(ABC):
     supports_priority: ClassVar[bool] = True
 
     @abstractmethod
-    def enqueue(self, job: Job) -> None:
-        """Take the job, or raise ``EnqueueError``. Nothing may be dropped silently."""
+    def enqueue(self, job: Job) -> object:
+        """Take the job, or raise ``EnqueueError``. Nothing may be dropped silently.
+
+        Returns the job's result where it ran at once (ForegroundBlocking), else ``None``.
+        """
 
     async def aenqueue(self, job: Job) -> None:
         """Async form; by default ``enqueue`` in a thread so the event loop never blocks."""

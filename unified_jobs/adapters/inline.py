@@ -28,10 +28,11 @@ class InlineAdapter(Adapter):
     def __init__(self, jobs: Jobs) -> None:
         self._jobs = jobs
 
-    def enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job) -> object:
         result = self._jobs.prepare(job)()
         if inspect.iscoroutine(result):
-            run_coroutine_sync(result)
+            return run_coroutine_sync(result)
+        return result
 
     async def aenqueue(self, job: Job) -> None:
         # In the caller's own loop, so async resources bound to it work in the job.

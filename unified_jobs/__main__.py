@@ -1,0 +1,3 @@
+from unified_jobs.cli import main
+
+main()

@@ -1,0 +1,58 @@
+"""BackgroundQueue: jobs are published as Celery (protocol 2) messages to Redis, PostgreSQL or
+SQLite, and run in worker processes (``unified-jobs start --worker`` or ``celery worker``)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from kombu.exceptions import OperationalError
+
+from unified_jobs._uri import mask_uri
+from unified_jobs.adapters.base import Adapter
+from unified_jobs.errors import EnqueueError
+from unified_jobs.job import Job
+
+if TYPE_CHECKING:
+    from unified_jobs.jobs import Jobs
+
+__all__ = ["CeleryQueueAdapter"]
+
+
+class CeleryQueueAdapter(Adapter):
+    kind: ClassVar[str] = "BackgroundQueue"
+    #: The app's own Celery tasks publish as plain Celery does.
+    publishes_to_celery: ClassVar[bool] = True
+
+    def __init__(self, jobs: Jobs) -> None:
+        assert jobs.config.queue is not None
+        self._queue = jobs.config.queue
+        self._bridge = jobs.celery_bridge()
+        self._redis = self._queue.kind == "Redis"
+
+    def enqueue(self, job: Job) -> None:
+        options: dict[str, Any] = {}
+        if job.priority is not None:
+            # Ours: 0-9, higher first. kombu's Redis transport serves 0 first; the SQL one 9 first.
+            options["priority"] = 9 - job.priority if self._redis else job.priority
+        try:
+            self._bridge.app.send_task(
+                job.name,
+                args=json.loads(job.args_json),
+                kwargs=json.loads(job.kwargs_json),
+                task_id=job.id,
+                queue=job.queue,
+                eta=job.run_at,
+                **options,
+            )
+        except (OperationalError, OSError) as exc:
+            raise EnqueueError(
+                f"could not enqueue job {job.id} ({job.name}) on {self._queue.kind} at "
+                f"{mask_uri(self._queue.uri)}: {exc}; is it running and reachable? Nothing was enqueued."
+            ) from None
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> None:
+        self._bridge.app.pool.force_close_all()
+
+    def describe(self) -> dict[str, str]:
+        return {"mode": self.kind, "kind": self._queue.kind, "uri": mask_uri(self._queue.uri)}
