@@ -86,6 +86,7 @@ class RecordedJob:
 
     @property
     def id(self) -> str:
+        """The job id (the ``JobHandle.id`` that ``perform_later`` returned)."""
         return self.job.id
 
     @property
@@ -95,10 +96,12 @@ class RecordedJob:
 
     @property
     def queue(self) -> str:
+        """The queue the job went to."""
         return self.job.queue
 
     @property
     def priority(self) -> int | None:
+        """The priority asked for, or ``None``."""
         return self.job.priority
 
     @property
