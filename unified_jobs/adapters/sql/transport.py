@@ -191,16 +191,16 @@ class Channel(virtual.Channel):
         if not rows:
             raise Empty()
         deliver: Callable[..., Any] = callback or self.connection._deliver
-        for i, row in enumerate(rows):
-            payload = self._decode(row)
-            if payload is None:
-                continue
+        # Register (and so heartbeat) the whole batch before delivering any of it: a delivery
+        # can block for a long time (Celery's prefork pool, when all its processes are busy).
+        batch = [(row.queue, p) for row in rows if (p := self._decode(row)) is not None]
+        for i, (queue, payload) in enumerate(batch):
             try:
-                deliver(payload, row.queue)
+                deliver(payload, queue)
             except BaseException:
-                self._release_rows(rows[i + 1 :])
+                self._release([p["properties"]["delivery_tag"] for _, p in batch[i + 1 :]])
                 raise
-            if row.queue in self._no_ack_queues:
+            if queue in self._no_ack_queues:
                 self.settle(payload["properties"]["delivery_tag"], "ack")
 
     def close(self) -> None:
@@ -268,7 +268,8 @@ class Channel(virtual.Channel):
         return payload
 
     def _params(self, claim: _Claim, **extra: Any) -> dict[str, Any]:
-        return {"job_id": claim.id, "claim_attempts": claim.attempts, "owner": self.owner, "now": _utcnow(), **extra}
+        ident = {"job_id": claim.id, "claim_attempts": claim.attempts, "owner": self.owner}
+        return {**ident, "now": _utcnow(), **extra}
 
     def _write(self, stmt: Any, params: list[dict[str, Any]]) -> int:
         """Run ``stmt`` for each params dict in one transaction; rows changed (-1 if unknown)."""
@@ -311,11 +312,9 @@ class Channel(virtual.Channel):
             self._claims.clear()
         self._requeue(claims)
 
-    def _release_rows(self, rows: Sequence[Row[Any]]) -> None:
-        claims = [_Claim(r.id, r.attempts) for r in rows]
+    def _release(self, tags: Sequence[str]) -> None:
         with self._claims_lock:
-            for c in claims:
-                self._claims.pop(f"{c.id}.{c.attempts}", None)
+            claims = [c for t in tags if (c := self._claims.pop(t, None)) is not None]
         self._requeue(claims)
 
     def _requeue(self, claims: list[_Claim]) -> None:
