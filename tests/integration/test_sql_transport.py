@@ -1,0 +1,284 @@
+"""The SQL kombu transport driven directly through kombu, on PostgreSQL and SQLite."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from queue import Empty
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import func, select
+
+from tests.integration.conftest_sql import SqlQueue, sqlq_fixture, wait_for  # noqa: F401  (fixture)
+from unified_jobs.adapters.sql import (
+    SCHEMA_VERSION,
+    TRANSPORT_SCHEME,
+    broker_url,
+    ensure_schema,
+    job_counts,
+    transport_options,
+)
+from unified_jobs.errors import ConfigError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@contextmanager
+def connect(q: SqlQueue, **options: Any) -> Iterator[Connection]:
+    with Connection(q.broker, transport_options=q.options(**options)) as conn:
+        yield conn
+
+
+def _put(conn: Connection, queue: str, body: Any, **kwargs: Any) -> None:
+    conn.SimpleQueue(queue).put(body, **kwargs)
+
+
+# --- helpers that need no database ------------------------------------------------------
+
+
+def test_broker_url_maps_the_users_config() -> None:
+    assert broker_url("Postgres", "postgresql://u@h:5432/db") == "ujsql+postgresql://u@h:5432/db"
+    assert broker_url("Postgres", "postgres://u@h/db") == "ujsql+postgresql://u@h/db"
+    assert broker_url("Sqlite", "sqlite:///jobs.db") == "ujsql+sqlite:///jobs.db"
+    assert TRANSPORT_SCHEME == "ujsql"
+    with pytest.raises(ConfigError, match="sqlite"):
+        broker_url("Postgres", "sqlite:///jobs.db")
+    with pytest.raises(ConfigError, match="file"):
+        broker_url("Sqlite", "sqlite://")
+    with pytest.raises(ConfigError, match="not a SQL queue"):
+        broker_url("Redis", "redis://localhost")
+
+
+def test_transport_options_validates_names_and_values() -> None:
+    assert transport_options(10, 0.5, on_ack="delete") == {
+        "lease_sec": 10, "poll_interval_sec": 0.5, "on_ack": "delete",
+    }
+    with pytest.raises(ValueError, match="unknown SQL transport option"):
+        transport_options(10, 1, leese_sec=3)
+    with pytest.raises(ValueError, match="on_ack"):
+        transport_options(10, 1, on_ack="forget")
+    with pytest.raises(ValueError, match="heartbeat_sec"):
+        transport_options(10, 1, heartbeat_sec=10)
+    with pytest.raises(ValueError, match="table_prefix"):
+        transport_options(10, 1, table_prefix="Bad-Prefix")
+
+
+# --- against each database ------------------------------------------------------------
+
+
+def test_schema_is_created_once_and_versioned(sqlq: SqlQueue) -> None:
+    assert ensure_schema(sqlq.broker, sqlq.prefix) == SCHEMA_VERSION
+    assert ensure_schema(sqlq.db_uri, sqlq.prefix) == SCHEMA_VERSION
+    with sqlq.engine.begin() as conn:
+        versions = conn.execute(select(sqlq.tables.version.c.version)).scalars().all()
+    assert versions == [SCHEMA_VERSION]
+    assert job_counts(sqlq.db_uri, sqlq.prefix) == {}
+
+
+def test_priority_then_age_orders_the_claim_and_ack_completes(sqlq: SqlQueue) -> None:
+    with connect(sqlq) as conn:
+        for name, priority in [("a", 0), ("b", 3), ("c", 0), ("d", 9)]:
+            _put(conn, "q", name, priority=priority)
+        q = conn.SimpleQueue("q")
+        got = []
+        for _ in range(4):
+            m = q.get(timeout=2)
+            got.append(m.payload)
+            m.ack()
+        assert got == ["d", "b", "a", "c"]
+    assert job_counts(sqlq.db_uri, sqlq.prefix) == {"q": {"completed": 4}}
+
+
+def test_ack_can_delete_instead(sqlq: SqlQueue) -> None:
+    with connect(sqlq, on_ack="delete") as conn:
+        _put(conn, "q", "x")
+        conn.SimpleQueue("q").get(timeout=2).ack()
+    assert sqlq.rows() == []
+
+
+def test_reject_fails_and_requeue_puts_back(sqlq: SqlQueue) -> None:
+    with connect(sqlq) as conn:
+        _put(conn, "q", "x")
+        q = conn.SimpleQueue("q")
+        q.get(timeout=2).reject(requeue=True)
+        (row,) = sqlq.rows()
+        assert (row.status, row.lease_owner) == ("queued", None)
+        m = q.get(timeout=2)
+        assert m.delivery_info["redelivered"] is True
+        m.reject()
+    (row,) = sqlq.rows()
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert "rejected" in row.last_error
+
+
+def test_closing_the_connection_returns_unacked_jobs_at_once(sqlq: SqlQueue) -> None:
+    with connect(sqlq) as conn:
+        _put(conn, "q", "x")
+        conn.SimpleQueue("q").get(timeout=2)  # never acked
+        assert sqlq.status_counts() == {"processing": 1}
+    assert sqlq.status_counts() == {"queued": 1}
+
+
+def test_a_dead_consumers_job_comes_back_after_its_lease(sqlq: SqlQueue) -> None:
+    with connect(sqlq, lease_sec=1.0) as dead, connect(sqlq, lease_sec=1.0) as alive:
+        _put(dead, "q", "x")
+        dq = dead.SimpleQueue("q")
+        dq.get(timeout=2)
+        # Simulate death: the heartbeat stops and nothing is ever acked or restored.
+        channel = dq.channel
+        channel._heartbeat.stop()
+        channel.qos.restore_at_shutdown = False
+        channel._claims.clear()
+        aq = alive.SimpleQueue("q")
+        taken = time.monotonic()
+        m = aq.get(timeout=5)
+        assert time.monotonic() - taken >= 0.5  # not before the lease ran out
+        assert m.payload == "x" and m.delivery_info["redelivered"] is True
+        m.ack()
+    (row,) = sqlq.rows()
+    assert (row.status, row.attempts) == ("completed", 2)
+
+
+def test_heartbeat_keeps_a_long_job_leased(sqlq: SqlQueue) -> None:
+    with connect(sqlq, lease_sec=1.0) as holder, connect(sqlq, lease_sec=1.0) as other:
+        _put(holder, "q", "x")
+        m = holder.SimpleQueue("q").get(timeout=2)
+        with pytest.raises(Empty):
+            other.SimpleQueue("q").get(timeout=3)  # three leases long
+        m.ack()
+    (row,) = sqlq.rows()
+    assert (row.status, row.attempts) == ("completed", 1)
+
+
+def test_an_eta_job_is_not_claimed_before_it_is_due(sqlq: SqlQueue) -> None:
+    eta = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    with connect(sqlq) as conn:
+        _put(conn, "q", "later", headers={"eta": eta})
+        q = conn.SimpleQueue("q")
+        with pytest.raises(Empty):
+            q.get(timeout=1)
+        assert sqlq.status_counts() == {"queued": 1}
+        m = q.get(timeout=3)
+        assert datetime.now(timezone.utc) >= datetime.fromisoformat(eta)
+        m.ack()
+
+
+def test_purge_deletes_only_queued_jobs_of_that_queue(sqlq: SqlQueue) -> None:
+    with connect(sqlq, batch_size=1) as conn:
+        for _ in range(3):
+            _put(conn, "a", "x")
+        for _ in range(2):
+            _put(conn, "b", "y")
+        conn.SimpleQueue("a").get(timeout=2)  # one of "a" is processing
+        channel = conn.default_channel
+        assert channel._size("a") == 2
+        assert channel.queue_purge("a") == 2
+        assert channel._size("a") == 0
+        assert channel._size("b") == 2
+        assert job_counts(sqlq.db_uri, sqlq.prefix) == {"a": {"processing": 1}, "b": {"queued": 2}}
+
+
+def test_an_idle_consumer_is_woken_at_once(sqlq: SqlQueue) -> None:
+    # Polls far apart, so only a wake-up (NOTIFY, or the in-process poke) can be this fast.
+    slow = {"poll_interval_sec": 30.0, "sqlite_poll_interval_sec": 30.0}
+    received: list[float] = []
+
+    def consume() -> None:
+        with connect(sqlq, **slow) as conn:
+            conn.SimpleQueue("q").get(timeout=10).ack()
+            received.append(time.monotonic())
+
+    with connect(sqlq, **slow) as producer:
+        producer.SimpleQueue("q").qsize()  # schema in place before the consumer polls
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        time.sleep(1.0)  # the consumer has polled once and is now waiting
+        sent = time.monotonic()
+        _put(producer, "q", "x")
+        consumer.join(15)
+    assert received, "the consumer never got the job"
+    assert received[0] - sent < 0.5
+
+
+def test_a_postgres_consumer_is_woken_by_another_process(sqlq: SqlQueue) -> None:
+    if sqlq.kind != "postgres":
+        pytest.skip("cross-process wake-ups are Postgres' NOTIFY; SQLite polls")
+    import subprocess
+    import sys
+
+    with connect(sqlq, poll_interval_sec=30.0) as conn:
+        q = conn.SimpleQueue("q")
+        q.qsize()
+        code = (
+            "import unified_jobs.adapters.sql, kombu, sys, json\n"
+            "with kombu.Connection(sys.argv[1], transport_options=json.loads(sys.argv[2])) as c:\n"
+            "    c.SimpleQueue('q').put('x')\n"
+        )
+        import json
+
+        threading.Timer(
+            0.5,
+            lambda: subprocess.run(
+                [sys.executable, "-c", code, sqlq.broker, json.dumps(sqlq.options())], check=True
+            ),
+        ).start()
+        start = time.monotonic()
+        q.get(timeout=10).ack()
+        assert time.monotonic() - start < 5, "woken by the 30 s poll, not by NOTIFY"
+
+
+def test_an_undecodable_row_is_failed_and_consumption_goes_on(sqlq: SqlQueue) -> None:
+    sqlq.ensure_schema()
+    jobs = sqlq.tables.jobs
+    now = datetime.now(timezone.utc)
+    with sqlq.engine.begin() as conn:
+        conn.execute(
+            jobs.insert().values(
+                queue="q", payload="{oops", status="queued", priority=5, run_at=now,
+                attempts=0, created_at=now, updated_at=now,
+            )
+        )
+    with connect(sqlq) as conn:
+        _put(conn, "q", "good")
+        m = conn.SimpleQueue("q").get(timeout=3)
+        assert m.payload == "good"
+        m.ack()
+    rows = sqlq.rows()
+    assert [r.status for r in rows] == ["failed", "completed"]
+    assert rows[0].last_error.startswith("undecodable payload: JSONDecodeError")
+    with sqlq.engine.begin() as conn:
+        assert conn.execute(select(func.count()).select_from(jobs)).scalar_one() == 2
+
+
+def test_many_consumers_in_threads_never_share_a_job(sqlq: SqlQueue) -> None:
+    n = 300
+    with connect(sqlq) as conn:
+        for i in range(n):
+            _put(conn, "q", i)
+    seen: list[int] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        with connect(sqlq, batch_size=5) as conn:
+            q = conn.SimpleQueue("q")
+            while True:
+                try:
+                    m = q.get(timeout=1)
+                except Empty:
+                    return
+                with lock:
+                    seen.append(m.payload)
+                m.ack()
+
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(seen) == list(range(n))
+    wait_for(lambda: sqlq.status_counts() == {"completed": n}, 5, "every row completed")
