@@ -28,3 +28,20 @@ def require_service(name: str, host: str, port: int) -> None:
     if IN_CI:
         pytest.fail(f"{reason} (CI is set, so this is a failure, not a skip)")
     pytest.skip(f"{reason}; start it to run this test")
+
+
+#: Redis database numbers, one per test module that runs real workers, so that a worker of one
+#: module never takes another module's jobs. Each is flushed by the tests that use it.
+REDIS_DBS = {"contract": 13, "redis": 12, "dropin": 11, "cli": 10}
+
+
+def redis_url(purpose: str) -> str:
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DBS[purpose]}"
+
+
+def flush_redis_db(purpose: str) -> None:
+    import redis
+
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DBS[purpose])
+    client.flushdb()
+    client.close()

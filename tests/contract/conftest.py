@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
 from tests.contract import contract_app
+from tests.procs import WorkerProcess, unified_jobs_worker
 from unified_jobs import Jobs
 
 
@@ -55,14 +57,61 @@ class Harness:
 BACKENDS: dict[str, dict[str, Any]] = {
     "inline": {"workers": {"mode": "ForegroundBlocking"}},
     "inprocess": {"workers": {"mode": "BackgroundAsync", "concurrency": 4}},
+    "redis": {
+        "workers": {"mode": "BackgroundQueue"},
+        "queue": {"kind": "Redis", "uri": redis_url("contract")},
+    },
 }
+
+
+class QueueWorkers:
+    """One real worker process per queue backend, shared by the session's contract tests."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.running: dict[str, tuple[WorkerProcess, Path]] = {}
+
+    def get(self, backend: str, config: dict[str, Any]) -> Path:
+        if backend not in self.running:
+            record = self.folder / f"{backend}-record.jsonl"
+            env = {"UJ_CONTRACT_CONFIG": json.dumps(config), "UJ_CONTRACT_RECORD": str(record)}
+            worker = unified_jobs_worker(
+                "tests.contract.contract_app:app_from_env",
+                env,
+                self.folder / f"{backend}-worker.log",
+                "--concurrency",
+                "4",
+                "--",
+                "--without-mingle",
+                "--without-gossip",
+            )
+            worker.wait_for_output("ready.")
+            self.running[backend] = (worker, record)
+        return self.running[backend][1]
+
+    def stop_all(self) -> None:
+        for worker, _ in self.running.values():
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def queue_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueWorkers]:
+    workers = QueueWorkers(tmp_path_factory.mktemp("contract-workers"))
+    yield workers
+    workers.stop_all()
 
 
 @pytest.fixture(params=list(BACKENDS))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     backend: str = request.param
     config = BACKENDS[backend]
-    record = tmp_path / "record.jsonl"
+    if backend == "redis":
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
+        flush_redis_db("contract")
+        record = request.getfixturevalue("queue_workers").get(backend, config)
+        record.write_text("")
+    else:
+        record = tmp_path / "record.jsonl"
     jobs = contract_app.create_app(config, str(record))
     h = Harness(backend, jobs, record, config, inline=backend == "inline")
     yield h

@@ -77,7 +77,16 @@ class Sleep(Worker[SleepArgs]):
         record(self.ctx, worker="sleep_end", job=self.job_id, n=args.n)
 
 
-WORKERS = (Echo, AsyncEcho, Fail, Sleep)
+class Mail(Worker[EchoArgs]):
+    name = "contract.Mail"
+    queue = "mail"
+    tags = ("email",)
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker="mail", job=self.job_id, args=args.model_dump(mode="json"))
+
+
+WORKERS = (Echo, AsyncEcho, Fail, Sleep, Mail)
 
 
 def create_app(config: dict[str, Any] | None = None, record_path: str | None = None) -> Jobs:

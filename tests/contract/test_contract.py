@@ -16,11 +16,11 @@ from unified_jobs.errors import NotRegisteredError
 
 def test_handle_names_the_job(harness: Harness) -> None:
     first = Echo.perform_later({"n": 1})
-    second = harness.jobs.perform_later(Echo, EchoArgs(n=2), queue="elsewhere")
+    second = harness.jobs.perform_later(Echo, EchoArgs(n=2), queue="async")  # a queue workers consume
     assert isinstance(first.id, str) and first.id
     assert first.id != second.id
     assert (first.worker, first.queue) == ("contract.Echo", "default")
-    assert (second.worker, second.queue) == ("contract.Echo", "elsewhere")
+    assert (second.worker, second.queue) == ("contract.Echo", "async")
     recs = harness.wait_for_count(2)
     assert sorted(r["job"] for r in recs) == sorted([first.id, second.id])
 

@@ -165,7 +165,14 @@ class CeleryBridge:
     def worker_queues(self) -> list[str]:
         """Every queue this app's workers and tasks use, default queue first."""
         configured = (self.queue_config.queues if self.queue_config else None) or ()
-        names = [self.default_queue, *(route["queue"] for route in self._routes.values()), *configured]
+        declared = [q.name for q in (self.app.conf.task_queues or ())]
+        names = [
+            self.default_queue,
+            *(route["queue"] for route in self._routes.values()),
+            *configured,
+            *declared,
+            *_queues_in_routes(self.app.conf.task_routes),
+        ]
         return list(dict.fromkeys(names))
 
     # -- the app's own tasks follow the mode ---------------------------------------------------
@@ -229,6 +236,19 @@ class CeleryBridge:
             kwargs_json=kwargs_json,
             run_at=run_at,
         )
+
+
+def _queues_in_routes(routes: Any) -> list[str]:
+    """Queue names an adopted app's ``task_routes`` mappings name (router functions can't tell)."""
+    found = []
+    for entry in _as_tuple(routes):
+        if isinstance(entry, dict):
+            for route in entry.values():
+                queue = route.get("queue") if isinstance(route, dict) else None
+                name = getattr(queue, "name", queue)
+                if isinstance(name, str):
+                    found.append(name)
+    return found
 
 
 def _as_tuple(routes: Any) -> tuple[Any, ...]:

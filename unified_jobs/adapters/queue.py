@@ -52,7 +52,9 @@ class CeleryQueueAdapter(Adapter):
             ) from None
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
-        self._bridge.app.pool.force_close_all()
+        # Nothing to drain: jobs are in the broker. kombu's producer pools are process-wide
+        # (shared by every app on the same broker URL), so they are left for the process' exit.
+        return None
 
     def describe(self) -> dict[str, str]:
         return {"mode": self.kind, "kind": self._queue.kind, "uri": mask_uri(self._queue.uri)}

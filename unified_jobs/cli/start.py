@@ -14,7 +14,7 @@ from unified_jobs.jobs import Jobs
 logger = logging.getLogger(__name__)
 
 
-@cli.command()
+@cli.command(context_settings={"ignore_unknown_options": True})
 @click.option("--worker", "-w", is_flag=True, help="Run a worker process consuming the app's queues.")
 @click.option(
     "--queue",
@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 )
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Log level of the worker.")
 @click.option("--hostname", "-n", default=None, help="Worker node name (Celery's --hostname).")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CELERY WORKER OPTIONS]")
 @click.pass_obj
 def start(
     obj: Context,
@@ -58,11 +59,13 @@ def start(
     pool: str,
     loglevel: str,
     hostname: str | None,
+    celery_args: tuple[str, ...],
 ) -> None:
     """Start a worker (-w).
 
     The worker is a Celery worker for the app's Celery app: SIGTERM (or Ctrl-C) is a warm
     shutdown: jobs in progress finish, and jobs it had reserved go back to the queue.
+    Options after `--` go to `celery worker` as they are (e.g. `-- --prefetch-multiplier 1`).
     """
     if not worker:
         raise click.UsageError("say what to start: --worker (-w)")
@@ -75,6 +78,7 @@ def start(
         pool=pool,
         loglevel=loglevel,
         hostname=hostname,
+        celery_args=celery_args,
     )
 
 
@@ -102,6 +106,7 @@ def run_worker(
     pool: str = "prefork",
     loglevel: str = "INFO",
     hostname: str | None = None,
+    celery_args: tuple[str, ...] = (),
 ) -> None:
     if jobs.mode != "BackgroundQueue":
         where = "in the calling thread" if jobs.mode == "ForegroundBlocking" else "inside your app's process"
@@ -130,5 +135,6 @@ def run_worker(
     ]
     if hostname:
         argv += ["--hostname", hostname]
+    argv += list(celery_args)
     jobs.celery.worker_main(argv=argv)
     sys.exit(0)
