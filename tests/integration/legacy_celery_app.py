@@ -1,0 +1,61 @@
+"""An existing Celery project, before and after adopting unified_jobs (the smallest diff).
+
+Before: `app = Celery(...)` with `@app.task` functions, run by `celery -A ... worker`.
+After: the three marked lines; the tasks are untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from celery import Celery
+from pydantic import BaseModel
+
+from unified_jobs import Config, Jobs, Worker  # added
+
+app = Celery("legacy")
+app.conf.task_routes = {"legacy.add": {"queue": "math"}}
+app.conf.task_time_limit = 30
+app.conf.task_default_queue = "legacy-default"
+
+RECORD = Path(os.environ.get("UJ_LEGACY_RECORD", "/tmp/unified-jobs-legacy.jsonl"))
+
+
+def _record(**fields: object) -> None:
+    with RECORD.open("a", encoding="utf-8") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+@app.task(name="legacy.add")
+def add(x: int, y: int) -> int:
+    _record(task="add", x=x, y=y, pid=os.getpid())
+    return x + y
+
+
+@app.task(name="legacy.boom")
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+@app.task(bind=True, name="legacy.whoami")
+def whoami(self: object) -> str:
+    task_id: str = self.request.id  # type: ignore[attr-defined]
+    _record(task="whoami", id=task_id)
+    return task_id
+
+
+class GreetArgs(BaseModel):
+    name: str
+
+
+class Greet(Worker[GreetArgs]):
+    name = "legacy.Greet"
+
+    def perform(self, args: GreetArgs) -> None:
+        _record(task="greet", name=args.name, pid=os.getpid())
+
+
+jobs = Jobs(Config.from_dict(json.loads(os.environ["UJ_LEGACY_CONFIG"])), celery_app=app)  # added
+jobs.register(Greet)  # added

@@ -1,0 +1,184 @@
+"""Adopting an existing Celery app: its tasks keep working and follow the configured mode."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from celery.result import EagerResult
+from kombu.exceptions import EncodeError
+
+from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
+from tests.procs import BIN, WorkerProcess, read_records, unified_jobs_worker, wait_until
+
+pytestmark = [
+    pytest.mark.timeout(120),
+    # Each test re-imports the legacy module, so Celery's process-wide shared-task registry sees its
+    # tasks again; a real project imports it once.
+    pytest.mark.filterwarnings("ignore:Task name .* is already registered"),
+]
+
+QUEUE_CONFIG = {
+    "workers": {"mode": "BackgroundQueue"},
+    "queue": {"kind": "Redis", "uri": redis_url("dropin")},
+}
+
+
+def load_legacy(monkeypatch: pytest.MonkeyPatch, record: Path, config: dict[str, Any]) -> ModuleType:
+    monkeypatch.setenv("UJ_LEGACY_CONFIG", json.dumps(config))
+    monkeypatch.setenv("UJ_LEGACY_RECORD", str(record))
+    sys.modules.pop("tests.integration.legacy_celery_app", None)
+    return importlib.import_module("tests.integration.legacy_celery_app")
+
+
+@pytest.fixture
+def record(tmp_path: Path) -> Path:
+    return tmp_path / "legacy.jsonl"
+
+
+def test_foreground_blocking_runs_celery_tasks_inline_with_json_and_errors(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": "ForegroundBlocking"}})
+    result = legacy.add.delay(2, 3)
+    assert isinstance(result, EagerResult) and result.get() == 5
+    assert read_records(record)[0]["x"] == 2
+    assert legacy.add.apply_async((1,), {"y": 1}, task_id="fixed-id").id == "fixed-id"
+    assert legacy.whoami.delay().get() == read_records(record)[-1]["id"]
+    with pytest.raises(ValueError, match="on purpose"):  # propagates, unlike task_always_eager
+        legacy.boom.delay("on purpose")
+    with pytest.raises(EncodeError, match="not JSON serializable"):  # what a real broker would refuse
+        legacy.add.delay(object(), 1)
+    legacy.Greet.perform_later({"name": "ada"})
+    assert read_records(record)[-1] == {"task": "greet", "name": "ada", "pid": os.getpid()}
+
+
+def test_background_async_runs_celery_tasks_in_the_pool(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": "BackgroundAsync"}})
+    ids = {legacy.add.delay(i, i).id for i in range(20)}
+    legacy.jobs.shutdown(wait=True, timeout=10)
+    assert len(ids) == 20
+    assert sorted(r["x"] for r in read_records(record)) == list(range(20))
+
+
+def test_existing_settings_are_kept_and_safety_settings_added(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, QUEUE_CONFIG)
+    conf = legacy.app.conf
+    assert legacy.jobs.celery is legacy.app
+    assert conf.task_time_limit == 30
+    assert conf.task_default_queue == "legacy-default"
+    assert conf.broker_url == redis_url("dropin")
+    assert conf.accept_content == ["json"] and conf.task_serializer == "json"
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    router = legacy.app.amqp.router
+    assert router.route({}, "legacy.add")["queue"].name == "math"
+    assert router.route({}, "legacy.Greet")["queue"].name == "default"
+    assert set(legacy.jobs.celery_bridge().worker_queues()) == {"legacy-default", "default", "math"}
+
+
+@pytest.fixture
+def queue_env(record: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    flush_redis_db("dropin")
+    yield {"UJ_LEGACY_CONFIG": json.dumps(QUEUE_CONFIG), "UJ_LEGACY_RECORD": str(record)}
+
+
+def test_a_stock_celery_worker_runs_jobs_from_perform_later(
+    monkeypatch: pytest.MonkeyPatch, record: Path, queue_env: dict[str, str], tmp_path: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, QUEUE_CONFIG)
+    worker = WorkerProcess(
+        [
+            str(BIN / "celery"),
+            "-A",
+            "tests.integration.legacy_celery_app",
+            "worker",
+            "-Q",
+            "default,math,legacy-default",
+            "-c",
+            "2",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        queue_env,
+        tmp_path / "celery.log",
+    )
+    try:
+        legacy.Greet.perform_later({"name": "grace"})
+        legacy.add.delay(20, 22)
+        assert wait_until(lambda: len(read_records(record)) >= 2, timeout=30), worker.output()[-3000:]
+        assert {r["task"] for r in read_records(record)} == {"greet", "add"}
+    finally:
+        worker.stop()
+
+
+def test_unified_jobs_worker_runs_the_old_tasks(
+    monkeypatch: pytest.MonkeyPatch, record: Path, queue_env: dict[str, str], tmp_path: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, QUEUE_CONFIG)
+    worker = unified_jobs_worker(
+        "tests.integration.legacy_celery_app:jobs",
+        queue_env,
+        tmp_path / "uj.log",
+        "--concurrency",
+        "2",
+        "--",
+        "--without-mingle",
+        "--without-gossip",
+    )
+    try:
+        legacy.add.delay(1, 1)  # routed to "math" by the app's own task_routes
+        legacy.add.apply_async((2, 2), countdown=0.2)
+        legacy.Greet.perform_later({"name": "linus"})
+        assert wait_until(lambda: len(read_records(record)) >= 3, timeout=30), worker.output()[-3000:]
+        assert sorted(r.get("x", -1) for r in read_records(record)) == [-1, 1, 2]
+    finally:
+        worker.stop()
+    assert "legacy.add" in worker.output() and "math" in worker.output()
+
+
+def test_celery_cli_inspect_sees_a_unified_jobs_worker(
+    monkeypatch: pytest.MonkeyPatch, record: Path, queue_env: dict[str, str], tmp_path: Path
+) -> None:
+    worker = unified_jobs_worker(
+        "tests.integration.legacy_celery_app:jobs",
+        queue_env,
+        tmp_path / "uj.log",
+        "--concurrency",
+        "1",
+        "--hostname",
+        "uj-inspect@%h",
+    )
+    try:
+        worker.wait_for_output("ready.")
+        out = subprocess.run(
+            [
+                str(BIN / "celery"),
+                "-A",
+                "tests.integration.legacy_celery_app",
+                "inspect",
+                "registered",
+                "--timeout",
+                "5",
+            ],
+            env={**os.environ, **queue_env, "PYTHONPATH": str(Path(__file__).parents[2])},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert "uj-inspect@" in out.stdout, out.stdout + out.stderr
+        assert "legacy.Greet" in out.stdout and "legacy.add" in out.stdout
+    finally:
+        worker.stop()
