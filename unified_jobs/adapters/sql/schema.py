@@ -38,7 +38,6 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import DBAPIError
 
 __all__ = [
     "DEFAULT_TABLE_PREFIX",
@@ -261,9 +260,3 @@ def drop_schema(engine: Engine, t: Tables) -> None:
     with _done_lock:
         _done.discard(key)
 
-
-def is_missing_table_error(exc: BaseException) -> bool:
-    """True when ``exc`` says a table does not exist (used to retry after an outside DROP)."""
-    return isinstance(exc, DBAPIError) and (
-        "no such table" in str(exc) or "UndefinedTable" in type(exc.orig).__name__
-    )

@@ -1,0 +1,60 @@
+"""The consumer's background threads: the lease heartbeat and the ack writer."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unified_jobs.adapters.sql.channel import Channel
+
+__all__ = ["AckWriter", "Heartbeat"]
+
+logger = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(name="unified_jobs-sql-heartbeat", daemon=True)
+        self._channel = channel
+        self._interval = channel.options.effective_heartbeat_sec
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self._channel.heartbeat()
+            except Exception:
+                logger.warning("SQL queue heartbeat failed; retrying", exc_info=True)
+            if self._stop_event.wait(self._interval):
+                return
+
+
+class AckWriter(threading.Thread):
+    def __init__(self, channel: Channel) -> None:
+        super().__init__(name="unified_jobs-sql-acks", daemon=True)
+        self._channel = channel
+        self._wake = threading.Event()
+        self._stop_event = threading.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self._wake.set()
+        if self is not threading.current_thread():
+            self.join(10)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            try:
+                self._channel.flush_acks()
+            except Exception:
+                logger.warning("SQL queue ack writer failed; retrying", exc_info=True)
