@@ -9,7 +9,9 @@
     ├── BackendNotAvailableError    a configured queue kind is not available (yet, or not installed)
     │   └── MissingDependencyError  an optional dependency is missing; says which extra to install
     ├── EnqueueError                the backend could not take the job (e.g. broker down)
-    └── ShutdownError               the app was shut down and takes no more jobs
+    ├── ShutdownError               the app was shut down and takes no more jobs
+    ├── NoRecorderError             a ``unified_jobs.testing`` helper found no recording app
+    └── TooManyJobsError            ``perform_enqueued_jobs`` hit its limit (also an AssertionError)
 
 Argument validation errors are pydantic's own ``pydantic.ValidationError`` (raised by
 ``perform_later`` before anything is enqueued), so users catch what they already know.
@@ -24,8 +26,10 @@ __all__ = [
     "EnqueueError",
     "InvalidOptionError",
     "MissingDependencyError",
+    "NoRecorderError",
     "NotRegisteredError",
     "ShutdownError",
+    "TooManyJobsError",
     "UnifiedJobsError",
     "WorkerDefinitionError",
 ]
@@ -69,3 +73,11 @@ class EnqueueError(UnifiedJobsError):
 
 class ShutdownError(UnifiedJobsError):
     """The ``Jobs`` app was shut down and accepts no more jobs."""
+
+
+class NoRecorderError(UnifiedJobsError):
+    """A testing helper needed a recording app and there was none; the message says how to start one."""
+
+
+class TooManyJobsError(UnifiedJobsError, AssertionError):
+    """``perform_enqueued_jobs`` hit its ``limit`` with jobs still enqueued (likely a job loop)."""

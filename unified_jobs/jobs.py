@@ -105,6 +105,7 @@ class Jobs:
         worker_cls._check_definition()
         existing = self._workers.get(worker_cls.name)
         if existing is worker_cls:
+            worker_cls._unified_jobs_app = self  # the shortcuts follow the app registered last
             return worker_cls
         if existing is not None:
             raise DuplicateWorkerError(
@@ -283,7 +284,8 @@ class Jobs:
 
     @property
     def mode(self) -> str:
-        return self.config.workers.mode
+        """The mode in force: the config's, or the test toolkit's while it swapped the adapter."""
+        return self._adapter.kind
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop what the app started. The BackgroundAsync pool is drained first (up to

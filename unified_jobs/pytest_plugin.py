@@ -7,6 +7,8 @@ Fixtures:
   none is configured; the helpers of ``unified_jobs.testing`` act on it.
 - ``jobs_override``: your app, switched for the test to ForegroundBlocking, or to the mode
   of ``@pytest.mark.unified_jobs_mode("Recording" | "BackgroundAsync" | "ForegroundBlocking")``.
+- ``jobs_worker``: a real Celery worker in this process consuming your app's real queue
+  (your app must be in BackgroundQueue mode); ``jobs_worker.wait(handle)`` waits for a job.
 - ``unified_jobs_app``: your app, from the ini option ``unified_jobs_app = "pkg.module:jobs"``
   or ``--unified-jobs-app``; override this fixture in ``conftest.py`` to give it directly.
 - ``unified_jobs_context``: the context of the fresh apps (default ``None``); override it.
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast, get_args
 import pytest
 
 if TYPE_CHECKING:
+    from unified_jobs.adapters.celery_testing import RunningWorker
     from unified_jobs.jobs import Jobs
     from unified_jobs.testing import JobRecorder
 
@@ -32,6 +35,7 @@ __all__ = [
     "inline_jobs",
     "jobs_override",
     "jobs_recorder",
+    "jobs_worker",
     "unified_jobs_app",
     "unified_jobs_context",
 ]
@@ -126,6 +130,26 @@ def jobs_override(request: pytest.FixtureRequest, unified_jobs_app: Jobs | None)
         )
     with _preserved_worker_bindings(), override_mode(unified_jobs_app, cast(OverrideMode, mode)):
         yield unified_jobs_app
+
+
+@pytest.fixture
+def jobs_worker(unified_jobs_app: Jobs | None) -> Iterator[RunningWorker]:
+    """A real Celery worker (solo pool, in this process) consuming your app's real queue.
+
+    Your app must be in BackgroundQueue mode for the test (e.g. a ``config/test.yaml`` pointing
+    at a test Redis database). ``jobs_worker.wait(handle)`` waits for the job and raises if it
+    failed in the worker.
+    """
+    from unified_jobs.testing import run_worker
+
+    if unified_jobs_app is None:
+        pytest.fail(
+            "jobs_worker needs your app: set the ini option unified_jobs_app = 'pkg.module:jobs', "
+            "pass --unified-jobs-app, or override the unified_jobs_app fixture in conftest.py",
+            pytrace=False,
+        )
+    with run_worker(unified_jobs_app) as worker:
+        yield worker
 
 
 def _load_app(spec: str) -> Jobs:

@@ -22,11 +22,11 @@ import inspect
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ValidationError
 
@@ -34,10 +34,13 @@ from unified_jobs._async import run_coroutine_sync
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.adapters.recording import RecordingAdapter
 from unified_jobs.config import Config, WorkersConfig
-from unified_jobs.errors import InvalidOptionError, UnifiedJobsError
+from unified_jobs.errors import InvalidOptionError, NoRecorderError, TooManyJobsError, UnifiedJobsError
 from unified_jobs.job import Job
 from unified_jobs.jobs import Jobs
 from unified_jobs.worker import Worker
+
+if TYPE_CHECKING:
+    from unified_jobs.adapters.celery_testing import RunningWorker
 
 __all__ = [
     "DEFAULT_PERFORM_LIMIT",
@@ -55,6 +58,7 @@ __all__ = [
     "override_mode",
     "perform_enqueued_jobs",
     "recording",
+    "run_worker",
 ]
 
 #: How many jobs one ``perform_enqueued_jobs`` call runs at most before it gives up.
@@ -65,14 +69,6 @@ OverrideMode = Literal["ForegroundBlocking", "BackgroundAsync", "Recording"]
 
 WorkerClass = type[Worker[Any]]
 Only = WorkerClass | Iterable[WorkerClass] | None
-
-
-class NoRecorderError(UnifiedJobsError):
-    """A helper needed a recording app and there was none; the message says how to start one."""
-
-
-class TooManyJobsError(UnifiedJobsError, AssertionError):
-    """``perform_enqueued_jobs`` hit its ``limit`` with jobs still enqueued (likely a job loop)."""
 
 
 @dataclass(frozen=True)
@@ -536,3 +532,24 @@ def _preserved_worker_bindings(throwaway: Iterable[Jobs] = ()) -> Iterator[None]
             now = cls.__dict__.get("_unified_jobs_app")
             if now is not app and (app is not None or id(now) in throwaway_ids):
                 cls._unified_jobs_app = app
+
+
+def run_worker(
+    jobs: Jobs,
+    *,
+    pool: str = "solo",
+    concurrency: int = 1,
+    queues: list[str] | None = None,
+    shutdown_timeout: float = 10.0,
+) -> AbstractContextManager[RunningWorker]:
+    """Run a real Celery worker for ``jobs`` (in BackgroundQueue mode) in a thread of this process.
+
+    ``with run_worker(jobs) as worker: handle = W.perform_later(...); worker.wait(handle)``: the
+    job goes through the real broker and a real Celery worker; ``wait`` raises
+    ``JobFailedInWorker`` if the job failed there. The pytest fixture ``jobs_worker`` wraps it.
+    """
+    from unified_jobs.adapters.celery_testing import run_worker as _run_worker
+
+    return _run_worker(
+        jobs, pool=pool, concurrency=concurrency, queues=queues, shutdown_timeout=shutdown_timeout
+    )

@@ -304,7 +304,7 @@ def test_other_failures_read_well(pytester: pytest.Pytester) -> None:
     )
     result.stdout.fnmatch_lines(
         [
-            "E       unified_jobs.testing.TooManyJobsError: perform_enqueued_jobs stopped at its "
+            "E       unified_jobs.errors.TooManyJobsError: perform_enqueued_jobs stopped at its "
             "limit of 5 jobs with 1 still enqueued; a job probably enqueues itself*",
             'E           1. workers.Loop queue=default args={"template": "welcome", "user_id": 1}',
         ]
@@ -313,7 +313,7 @@ def test_other_failures_read_well(pytester: pytest.Pytester) -> None:
         ['*raise KeyError(f"no user {args.user_id}")', "E       KeyError: 'no user 6'"]
     )
     result.stdout.fnmatch_lines(
-        ["E       unified_jobs.testing.NoRecorderError: *use the jobs_recorder fixture*"]
+        ["E       unified_jobs.errors.NoRecorderError: *use the jobs_recorder fixture*"]
     )
 
 

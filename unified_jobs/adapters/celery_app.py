@@ -98,7 +98,7 @@ class CeleryBridge:
         if not self.adopted:
             settings["task_default_queue"] = "default"
             settings["worker_hijack_root_logger"] = False
-        if self.jobs.mode == "BackgroundQueue" and self.queue_config is not None:
+        if self.jobs.config.workers.mode == "BackgroundQueue" and self.queue_config is not None:
             broker = broker_settings(self.queue_config)
             settings["broker_url"] = broker["broker_url"]
             settings["broker_transport_options"] = {
