@@ -28,6 +28,8 @@ def make_app(broker: str, transport_options: dict[str, Any]) -> Celery:
         # A job is acked after it ran, and requeued if its pool process dies.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # How long Celery waits for a dead pool process's result before rejecting (default 10 s).
+        worker_lost_wait=2.0,
         task_ignore_result=True,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
