@@ -23,6 +23,7 @@ __all__ = [
     "Kind",
     "Mode",
     "QueueConfig",
+    "ServerConfig",
     "WorkersConfig",
     "load_config",
     "render_template",
@@ -77,11 +78,21 @@ class QueueConfig(_Strict):
         return self
 
 
+class ServerConfig(_Strict):
+    """The ``server:`` section, for ``unified-jobs start --server-and-worker``."""
+
+    #: The ASGI app as ``module:attribute``, e.g. ``myapp.web:app``.
+    app: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=5150, ge=0, le=65535)  # Loco's default port
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
     workers: WorkersConfig = WorkersConfig()
     queue: QueueConfig | None = None
+    server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
     def _queue_needed(self) -> Config:

@@ -72,7 +72,7 @@ class CeleryBridge:
     def __init__(self, jobs: Jobs, existing: Celery | None = None) -> None:
         self.jobs = jobs
         self.adopted = existing is not None
-        self.app: Celery = existing if existing is not None else Celery("unified_jobs", set_as_current=False)
+        self.app: Celery = existing if existing is not None else Celery("unified_jobs")
         self.queue_config = jobs.config.queue
         self._routes: dict[str, dict[str, str]] = {}
         self._configure()

@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["AppNotFoundError", "find_app_spec", "load_app"]
+__all__ = ["AppNotFoundError", "find_app_spec", "import_string", "load_app"]
 
 
 class AppNotFoundError(UnifiedJobsError):
@@ -41,11 +41,11 @@ def find_app_spec(explicit: str | None, start: Path | None = None) -> str:
     )
 
 
-def load_app(spec: str) -> Jobs:
-    """Import ``module:attribute``; the attribute is a ``Jobs`` or a callable returning one."""
+def import_string(spec: str, what: str = "--app") -> Any:
+    """Import ``module:attribute`` (the attribute may be dotted), from the current folder too."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise AppNotFoundError(f"--app {spec!r} must look like module:attribute, e.g. myapp.jobs:jobs")
+        raise AppNotFoundError(f"{what} {spec!r} must look like module:attribute, e.g. myapp.jobs:jobs")
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -53,7 +53,7 @@ def load_app(spec: str) -> Jobs:
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise AppNotFoundError(
-                f"cannot import {module_name!r} (from --app {spec}); run from your project's folder "
+                f"cannot import {module_name!r} (from {what} {spec}); run from your project's folder "
                 "or fix the module path"
             ) from exc
         raise
@@ -62,7 +62,13 @@ def load_app(spec: str) -> Jobs:
         try:
             target = getattr(target, part)
         except AttributeError:
-            raise AppNotFoundError(f"{module_name} has no attribute {attr!r} (from --app {spec})") from None
+            raise AppNotFoundError(f"{module_name} has no attribute {attr!r} (from {what} {spec})") from None
+    return target
+
+
+def load_app(spec: str) -> Jobs:
+    """Import ``module:attribute``; the attribute is a ``Jobs`` or a callable returning one."""
+    target = import_string(spec)
     if callable(target) and not isinstance(target, Jobs):
         target = target()
     if not isinstance(target, Jobs):
