@@ -1,0 +1,303 @@
+"""``unified-jobs doctor``: check the config, the queue and the registered workers.
+
+Every check prints one ``ok``/``FAIL``/``warn`` line; all checks run, and the exit status is 1
+when any failed. A queue URI's password is masked in every line printed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from unified_jobs._uri import mask_uri
+from unified_jobs.cli import Context, cli
+from unified_jobs.cli._app import AppNotFoundError, find_app_spec, load_app
+from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, QueueConfig, load_config
+from unified_jobs.errors import ConfigError, UnifiedJobsError
+from unified_jobs.jobs import Jobs
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+__all__ = ["DoctorReport", "doctor"]
+
+# "scheme://user:password@" anywhere in a line: masked even in messages of other libraries.
+_USERINFO_ANYWHERE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:@/\s]*):(?P<pw>[^@/\s]+)@")
+
+
+@dataclass
+class DoctorReport:
+    """The lines ``doctor`` prints, and the problems found; every line is password-masked."""
+
+    #: Passwords to mask wherever they appear (taken from the queue URI).
+    secrets: list[str] = field(default_factory=list)
+    #: ``(topic, message)`` of every failed check.
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def add_secret_from(self, uri: str) -> None:
+        """Mask the password of ``uri`` from now on."""
+        match = _USERINFO_ANYWHERE.search(uri)
+        if match and match.group("pw") not in ("", "***"):
+            self.secrets.append(match.group("pw"))
+
+    def mask(self, text: str) -> str:
+        """``text`` with every URI password, and every known secret, replaced by ``***``."""
+        text = _USERINFO_ANYWHERE.sub(r"\g<head>:***@", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def ok(self, topic: str, message: str) -> None:
+        """A check that passed."""
+        self._line("ok", topic, message)
+
+    def fail(self, topic: str, message: str) -> None:
+        """A check that failed: printed now, counted for the exit status."""
+        self.problems.append((topic, message))
+        self._line("FAIL", topic, message)
+
+    def warn(self, topic: str, message: str) -> None:
+        """Worth knowing, not a failure."""
+        self._line("warn", topic, message)
+
+    def info(self, topic: str, message: str) -> None:
+        """What is in force (env, mode, kind)."""
+        self._line("", topic, message)
+
+    def _line(self, status: str, topic: str, message: str) -> None:
+        first, *rest = self.mask(message).splitlines() or [""]
+        click.echo(f"{status:<5} {topic + ':':<9} {first}")
+        for line in rest:
+            click.echo(f"{'':<16}{line.strip()}")
+
+
+@cli.command()
+@click.option(
+    "--fix",
+    is_flag=True,
+    show_envvar=True,
+    help="Create (or migrate) the SQL queue's tables when they are missing (or old).",
+)
+@click.option(
+    "--config-dir",
+    default="config",
+    show_default=True,
+    show_envvar=True,
+    metavar="DIR",
+    help="Where <ENV>.yaml is, for checking the config alone when no app is found or it fails to load.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0.1),
+    default=3.0,
+    show_default=True,
+    show_envvar=True,
+    metavar="SECONDS",
+    help="How long to wait for the queue to answer.",
+)
+@click.pass_obj
+def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
+    """Check the config, the queue and the registered workers.
+
+    Loads the app (--app, UNIFIED_JOBS_APP or pyproject.toml) and says which env, mode and
+    queue kind are in force; connects to the queue (Redis: PING; Postgres and SQLite: connect
+    and check the queue's tables, which --fix creates); lists the registered workers with
+    their queues and tags. Without an app, checks the config file alone (--config-dir).
+    Every check runs; the exit status is 1 if any failed, with one FAIL line per problem.
+    """
+    report = DoctorReport()
+    env = os.environ.get(ENV_VAR) or DEFAULT_ENV
+    report.info("env", f"{env} ({'from ' + ENV_VAR if os.environ.get(ENV_VAR) else 'the default'})")
+    jobs, config = _load(obj, report, env, config_dir)
+    if config is not None:
+        _describe(report, config, jobs)
+        if config.workers.mode == "BackgroundQueue" and config.queue is not None:
+            _check_queue(report, config, jobs, fix=fix, timeout=timeout)
+        if jobs is not None:
+            _list_workers(report, jobs)
+    if report.problems:
+        topics = ", ".join(dict.fromkeys(topic for topic, _ in report.problems))
+        n = len(report.problems)
+        click.echo(f"\ndoctor found {n} problem{'' if n == 1 else 's'} ({topics}); see the FAIL lines above")
+        raise click.exceptions.Exit(1)
+    click.echo("\ndoctor: every check passed")
+
+
+def _load(obj: Context, report: DoctorReport, env: str, config_dir: str) -> tuple[Jobs | None, Config | None]:
+    """The app and its config; without an app, the config file alone."""
+    try:
+        spec: str | None = find_app_spec(obj.app_spec)
+    except AppNotFoundError as exc:
+        spec = None
+        report.warn("app", f"{exc}; checking the config file alone, and no workers are listed")
+    if spec is not None:
+        try:
+            jobs = load_app(spec)
+        except ConfigError as exc:
+            report.fail("config", str(exc))
+            return None, None
+        except Exception as exc:  # a user's module can fail to import in any way: say how
+            if obj.debug:
+                traceback.print_exc()
+            detail = str(exc) if isinstance(exc, UnifiedJobsError) else f"{type(exc).__name__}: {exc}"
+            report.fail("app", f"cannot load {spec}: {detail}")
+        else:
+            report.ok("app", f"{spec} loaded ({jobs!r})")
+            if jobs.config.queue is not None:
+                report.add_secret_from(jobs.config.queue.uri)
+            report.ok("config", "valid (loaded by the app)")
+            return jobs, jobs.config
+    path = Path(config_dir) / f"{env}.yaml"
+    try:
+        config = load_config(env, config_dir)
+    except ConfigError as exc:
+        report.fail("config", str(exc))
+        return None, None
+    if config.queue is not None:
+        report.add_secret_from(config.queue.uri)
+    report.ok("config", f"{path} is valid")
+    return None, config
+
+
+def _describe(report: DoctorReport, config: Config, jobs: Jobs | None) -> None:
+    mode = jobs.mode if jobs is not None else config.workers.mode
+    report.info("mode", mode)
+    queue = config.queue
+    if queue is None:
+        report.info("queue", f"none (mode {mode} needs no queue)")
+        return
+    report.info("queue", f"{queue.kind} at {mask_uri(queue.uri)}")
+    if config.workers.mode != "BackgroundQueue":
+        report.warn("queue", f"the queue: section is not used in mode {config.workers.mode}")
+    elif queue.dangerously_flush:
+        report.warn("queue", "dangerously_flush is on: each worker start deletes every queued job")
+
+
+def _check_queue(
+    report: DoctorReport, config: Config, jobs: Jobs | None, *, fix: bool, timeout: float
+) -> None:
+    queue = config.queue
+    assert queue is not None
+    if queue.kind == "Redis":
+        _check_redis(report, config, jobs, timeout)
+    else:
+        _check_sql(report, queue, fix=fix, timeout=timeout)
+
+
+def _check_redis(report: DoctorReport, config: Config, jobs: Jobs | None, timeout: float) -> None:
+    queue = config.queue
+    assert queue is not None
+    where = f"Redis at {mask_uri(queue.uri)}"
+    try:
+        app: Celery = (jobs if jobs is not None else Jobs(config)).celery
+        conn = app.connection_for_write()
+    except Exception as exc:
+        report.fail("queue", f"{where}: cannot set up a connection: {exc}")
+        return
+    conn.connect_timeout = timeout
+    # A new dict: the Celery app's own transport options are left as they are.
+    conn.transport_options = {**conn.transport_options, "socket_timeout": timeout}
+    started = time.monotonic()
+    try:
+        conn.ensure_connection(max_retries=0)  # the Redis channel PINGs the server
+    except Exception as exc:
+        report.fail("queue", f"{where} did not answer: {exc}; is it running and reachable?")
+        return
+    finally:
+        conn.release()
+    report.ok("queue", f"{where} answered PING in {(time.monotonic() - started) * 1000:.0f} ms")
+
+
+def _check_sql(report: DoctorReport, queue: QueueConfig, *, fix: bool, timeout: float) -> None:
+    from sqlalchemy import inspect, select
+    from sqlalchemy.engine import make_url
+
+    from unified_jobs.adapters.sql import SCHEMA_VERSION, broker_url
+    from unified_jobs.adapters.sql.engine import get_engine, normalize_db_url
+    from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
+
+    where = f"{queue.kind} at {mask_uri(queue.uri)}"
+    try:
+        broker_url(queue.kind, queue.uri)  # checks that the URI fits the kind
+    except ConfigError as exc:
+        report.fail("queue", str(exc))
+        return
+    options: dict[str, Any] = {}
+    if queue.kind == "Postgres":
+        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}  # libpq's minimum
+    else:
+        database = make_url(normalize_db_url(queue.uri)).database or ""
+        if not fix and not Path(database).is_file():
+            report.fail(
+                "queue",
+                f"{where}: the SQLite file {database} does not exist; run `unified-jobs doctor --fix` "
+                "to create it with the queue's tables",
+            )
+            return
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    tables = tables_for()
+    try:
+        engine = get_engine(queue.uri, engine_options=options)
+        with engine.connect() as conn:
+            has_jobs = inspect(conn).has_table(tables.jobs.name)
+            version = 0
+            if inspect(conn).has_table(tables.version.name):
+                versions = conn.execute(select(tables.version.c.version)).scalars().all()
+                version = max(versions, default=0)
+            conn.rollback()
+    except Exception as exc:
+        reason = str(getattr(exc, "orig", None) or exc)
+        report.fail("queue", f"cannot connect to {where}: {reason}")
+        return
+    report.ok("queue", f"connected to {where}")
+    if has_jobs and version == SCHEMA_VERSION:
+        report.ok("schema", f"table {tables.jobs.name} is at schema version {version}")
+        return
+    if version > SCHEMA_VERSION:
+        report.fail(
+            "schema",
+            f"table {tables.jobs.name} is at schema version {version}, newer than this unified_jobs "
+            f"({SCHEMA_VERSION}); upgrade unified_jobs",
+        )
+        return
+    state = "missing" if not has_jobs else f"at schema version {version}, not {SCHEMA_VERSION}"
+    if not fix:
+        report.fail(
+            "schema",
+            f"table {tables.jobs.name} is {state}; run `unified-jobs doctor --fix` to create it "
+            "(a worker also does on start, if its database user may create tables)",
+        )
+        return
+    try:
+        version = ensure_schema_on(engine, tables)
+    except Exception as exc:
+        report.fail(
+            "schema", f"could not create table {tables.jobs.name}: {getattr(exc, 'orig', None) or exc}"
+        )
+        return
+    report.ok("schema", f"table {tables.jobs.name} was {state}; created it (schema version {version})")
+
+
+def _list_workers(report: DoctorReport, jobs: Jobs) -> None:
+    workers = sorted(jobs.workers.values(), key=lambda w: w.name)
+    if not workers:
+        report.warn("workers", "none registered; call jobs.register(MyWorker) in your app module")
+        return
+    report.ok("workers", f"{len(workers)} registered")
+    rows = [("NAME", "QUEUE", "TAGS", "PERFORM")]
+    rows += [
+        (w.name, w.queue, ", ".join(w.tags) or "-", "async" if w.is_async() else "sync") for w in workers
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            " " * 16 + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
