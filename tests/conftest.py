@@ -45,3 +45,23 @@ def flush_redis_db(purpose: str) -> None:
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DBS[purpose])
     client.flushdb()
     client.close()
+
+
+PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
+
+
+def sql_prefix(purpose: str) -> str:
+    """A table prefix per test module (like REDIS_DBS), so their workers never share jobs."""
+    return f"ujt_{purpose}_"
+
+
+def clear_sql_jobs(uri: str, prefix: str) -> None:
+    """Create the queue's tables if needed and delete every job in them."""
+    import sqlalchemy as sa
+
+    from unified_jobs.adapters.sql import ensure_schema
+    from unified_jobs.adapters.sql.engine import get_engine
+
+    ensure_schema(uri, prefix)
+    with get_engine(uri).begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {prefix}jobs"))

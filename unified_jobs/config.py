@@ -70,6 +70,11 @@ class QueueConfig(_Strict):
     visibility_timeout: int = Field(default=3600, ge=1)
     #: SQL kinds only: seconds a claimed job stays leased without a heartbeat.
     lease_sec: float = Field(default=30.0, gt=0, le=3600)
+    #: SQL kinds only: tables are ``<table_prefix>jobs`` (several apps can share a database).
+    table_prefix: str = Field(default="unified_jobs_", pattern=r"^[a-z_][a-z0-9_]{0,40}$")
+    #: SQL kinds only: what acknowledging a finished job does to its row: keep it as
+    #: ``completed`` (for ``unified-jobs jobs``; ``jobs tidy`` deletes them) or ``delete`` it.
+    on_ack: Literal["complete", "delete"] = "complete"
 
     @model_validator(mode="after")
     def _uri_not_empty(self) -> QueueConfig:

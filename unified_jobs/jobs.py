@@ -308,6 +308,8 @@ class Jobs:
 # BackgroundQueue kinds and the adapter class behind each; filled in as the kinds land.
 _QUEUE_ADAPTERS: dict[str, str] = {
     "Redis": "unified_jobs.adapters.queue:CeleryQueueAdapter",
+    "Postgres": "unified_jobs.adapters.queue:CeleryQueueAdapter",
+    "Sqlite": "unified_jobs.adapters.queue:CeleryQueueAdapter",
 }
 
 

@@ -15,7 +15,18 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
+from tests.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    clear_sql_jobs,
+    flush_redis_db,
+    redis_url,
+    require_service,
+    sql_prefix,
+)
 from tests.contract import contract_app
 from tests.procs import WorkerProcess, unified_jobs_worker
 from unified_jobs import Jobs
@@ -61,6 +72,19 @@ BACKENDS: dict[str, dict[str, Any]] = {
         "workers": {"mode": "BackgroundQueue"},
         "queue": {"kind": "Redis", "uri": redis_url("contract")},
     },
+    "postgres": {
+        "workers": {"mode": "BackgroundQueue"},
+        "queue": {"kind": "Postgres", "uri": PG_URL, "table_prefix": sql_prefix("contract")},
+    },
+    "sqlite": {
+        "workers": {"mode": "BackgroundQueue"},
+        # the file is per session: see the harness
+        "queue": {
+            "kind": "Sqlite",
+            "uri": "sqlite:///<session tmp>/contract.db",
+            "table_prefix": sql_prefix("contract"),
+        },
+    },
 }
 
 
@@ -105,9 +129,18 @@ def queue_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueWor
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     backend: str = request.param
     config = BACKENDS[backend]
-    if backend == "redis":
-        require_service("Redis", REDIS_HOST, REDIS_PORT)
-        flush_redis_db("contract")
+    if backend in ("redis", "postgres", "sqlite"):
+        if backend == "redis":
+            require_service("Redis", REDIS_HOST, REDIS_PORT)
+            flush_redis_db("contract")
+        elif backend == "postgres":
+            require_service("PostgreSQL", PG_HOST, PG_PORT)
+            clear_sql_jobs(PG_URL, sql_prefix("contract"))
+        else:
+            folder = request.getfixturevalue("queue_workers").folder
+            queue = {**config["queue"], "uri": f"sqlite:///{folder}/contract.db"}
+            config = {**config, "queue": queue}
+            clear_sql_jobs(queue["uri"], sql_prefix("contract"))
         record = request.getfixturevalue("queue_workers").get(backend, config)
         record.write_text("")
     else:

@@ -6,7 +6,7 @@ import pytest
 
 from unified_jobs import Config, Jobs
 from unified_jobs.config import load_config, render_template
-from unified_jobs.errors import BackendNotAvailableError, ConfigError
+from unified_jobs.errors import ConfigError
 
 
 def write(tmp_path: Path, env: str, text: str) -> Path:
@@ -135,9 +135,22 @@ def test_an_empty_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(config_dir=tmp_path) == Config()
 
 
-def test_a_queue_kind_not_built_yet_says_so() -> None:
+def test_a_uri_of_the_wrong_kind_is_a_config_error_with_the_password_masked() -> None:
     config = Config.from_dict(
-        {"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Postgres", "uri": "postgresql://x/y"}}
+        {"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Postgres", "uri": "redis://:s3cret@h/0"}}
     )
-    with pytest.raises(BackendNotAvailableError, match="queue kind Postgres is not available"):
+    with pytest.raises(
+        ConfigError, match=r"queue.uri 'redis://:\*\*\*@h/0' is not a usable URL for queue.kind Postgres"
+    ) as info:
         Jobs(config)
+    assert "s3cret" not in str(info.value)
+
+
+def test_a_bad_table_prefix_is_refused(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "development",
+        "workers:\n  mode: BackgroundQueue\nqueue:\n  kind: Sqlite\n  uri: sqlite:///x.db\n  table_prefix: 'drop table;'\n",
+    )
+    with pytest.raises(ConfigError, match=r"queue\.table_prefix: String should match pattern"):
+        load_config(config_dir=tmp_path)

@@ -61,7 +61,10 @@ def broker_settings(queue: QueueConfig) -> dict[str, Any]:
     return {
         "broker_url": sql.broker_url(queue.kind, queue.uri),
         "broker_transport_options": sql.transport_options(
-            lease_sec=queue.lease_sec, poll_interval_sec=queue.poll_interval_sec
+            lease_sec=queue.lease_sec,
+            poll_interval_sec=queue.poll_interval_sec,
+            table_prefix=queue.table_prefix,
+            on_ack=queue.on_ack,
         ),
     }
 
@@ -89,6 +92,8 @@ class CeleryBridge:
             "result_accept_content": ["json"],
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
+            # A job that raised is rejected, not acked: the SQL queues mark its row failed.
+            "task_acks_on_failure_or_timeout": False,
             "task_publish_retry": True,
             "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
             "broker_connection_retry_on_startup": True,

@@ -17,6 +17,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from unified_jobs._uri import mask_uri
+
 __all__ = ["dialect_of", "get_engine", "normalize_db_url"]
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -38,11 +40,11 @@ def dialect_of(uri: str) -> str:
     backend = make_url(normalize_db_url(uri)).get_backend_name()
     if backend not in ("postgresql", "sqlite"):
         raise ValueError(
-            f"the SQL queue supports postgresql:// and sqlite:/// URLs, not {backend}:// ({uri!r})"
+            f"the SQL queue supports postgresql:// and sqlite:/// URLs, not {backend}:// ({mask_uri(uri)!r})"
         )
     if backend == "sqlite" and make_url(uri).database in (None, "", ":memory:"):
         raise ValueError(
-            f"the SQLite queue needs a file, e.g. sqlite:///jobs.db, not {uri!r}: workers are "
+            f"the SQLite queue needs a file, e.g. sqlite:///jobs.db, not {mask_uri(uri)!r}: workers are "
             "other processes"
         )
     return backend

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.sql.engine import dialect_of
 from unified_jobs.adapters.sql.schema import DEFAULT_TABLE_PREFIX, tables_for
 from unified_jobs.errors import ConfigError
@@ -115,12 +116,12 @@ def broker_url(kind: str, uri: str) -> str:
         got = dialect_of(uri)
     except Exception as exc:  # SQLAlchemy's URL parser raises several types
         raise ConfigError(
-            f"queue.uri {uri!r} is not a usable URL for queue.kind {kind}: {exc}. "
+            f"queue.uri {mask_uri(uri)!r} is not a usable URL for queue.kind {kind}: {exc}. "
             f"Expected e.g. {'postgresql://user@host:5432/db' if want == 'postgresql' else 'sqlite:///jobs.db'}"
         ) from exc
     if got != want:
         raise ConfigError(
-            f"queue.uri {uri!r} is a {got} URL but queue.kind is {kind}; "
+            f"queue.uri {mask_uri(uri)!r} is a {got} URL but queue.kind is {kind}; "
             f"use a {'postgresql://' if want == 'postgresql' else 'sqlite:///'} URL"
         )
     return f"{TRANSPORT_SCHEME}+{uri}"
