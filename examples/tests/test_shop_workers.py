@@ -5,7 +5,7 @@
 - recorded: ``jobs_recorder`` records what the code enqueues; assert on it, then run it
   with ``perform_enqueued_jobs``.
 
-The third style, a real worker on Redis, comes with the Redis adapter.
+The third style, a real worker on Redis, is in test_shop_real_worker.py.
 """
 
 from __future__ import annotations
