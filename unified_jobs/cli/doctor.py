@@ -13,7 +13,7 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -209,7 +209,7 @@ def _check_redis(report: DoctorReport, config: Config, jobs: Jobs | None, timeou
     try:
         conn.ensure_connection(max_retries=0)  # the Redis channel PINGs the server
     except Exception as exc:
-        report.fail("queue", f"{where} did not answer: {exc}; is it running and reachable?")
+        report.fail("queue", f"{where} did not answer: {str(exc).rstrip('.')}; is it running and reachable?")
         return
     finally:
         conn.release()
@@ -220,7 +220,7 @@ def _check_sql(report: DoctorReport, queue: QueueConfig, *, fix: bool, timeout: 
     from sqlalchemy import inspect, select
     from sqlalchemy.engine import make_url
 
-    from unified_jobs.adapters.sql import SCHEMA_VERSION, broker_url
+    from unified_jobs.adapters.sql import DEFAULT_TABLE_PREFIX, SCHEMA_VERSION, broker_url
     from unified_jobs.adapters.sql.engine import get_engine, normalize_db_url
     from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
 
@@ -230,11 +230,12 @@ def _check_sql(report: DoctorReport, queue: QueueConfig, *, fix: bool, timeout: 
     except ConfigError as exc:
         report.fail("queue", str(exc))
         return
-    options: dict[str, Any] = {}
+    url = make_url(normalize_db_url(queue.uri))
     if queue.kind == "Postgres":
-        options["connect_args"] = {"connect_timeout": max(2, math.ceil(timeout))}  # libpq's minimum
+        if "connect_timeout" not in url.query:  # libpq's own parameter; 2 s is its minimum
+            url = url.update_query_dict({"connect_timeout": str(max(2, math.ceil(timeout)))})
     else:
-        database = make_url(normalize_db_url(queue.uri)).database or ""
+        database = url.database or ""
         if not fix and not Path(database).is_file():
             report.fail(
                 "queue",
@@ -243,9 +244,10 @@ def _check_sql(report: DoctorReport, queue: QueueConfig, *, fix: bool, timeout: 
             )
             return
         Path(database).parent.mkdir(parents=True, exist_ok=True)
-    tables = tables_for()
+    # ``table_prefix`` is a config key of the SQL kinds (default: the transport's own).
+    tables = tables_for(getattr(queue, "table_prefix", None) or DEFAULT_TABLE_PREFIX)
     try:
-        engine = get_engine(queue.uri, engine_options=options)
+        engine = get_engine(url.render_as_string(hide_password=False))
         with engine.connect() as conn:
             has_jobs = inspect(conn).has_table(tables.jobs.name)
             version = 0
