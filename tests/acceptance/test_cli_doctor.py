@@ -200,7 +200,7 @@ def test_without_an_app_the_config_alone_is_checked(project: Path) -> None:
     result = doctor(project, app=False, env={"UNIFIED_JOBS_ENV": "ci"})
     assert result.returncode == 0, result.stdout + result.stderr
     assert line(result.stdout, "warn  app:").startswith("warn  app:      no app given")
-    assert line(result.stdout, "      env:") == "      env:      ci (from UNIFIED_JOBS_ENV)"
+    assert line(result.stdout, "      env:") == "      env:      ci (from --env or UNIFIED_JOBS_ENV)"
     assert line(result.stdout, "ok    config:") == "ok    config:   config/ci.yaml is valid"
     assert line(result.stdout, "      mode:") == "      mode:     ForegroundBlocking"
 

@@ -115,7 +115,8 @@ def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
     """
     report = DoctorReport()
     env = os.environ.get(ENV_VAR) or DEFAULT_ENV
-    report.info("env", f"{env} ({'from ' + ENV_VAR if os.environ.get(ENV_VAR) else 'the default'})")
+    source = f"from --env or {ENV_VAR}" if os.environ.get(ENV_VAR) else "the default"
+    report.info("env", f"{env} ({source})")
     jobs, config = _load(obj, report, env, config_dir)
     if config is not None:
         _describe(report, config, jobs)
