@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, each against plain Celery (or kombu's own transport) in the same run.
 
-    .venv/bin/python -m bench            # all
-    .venv/bin/python -m bench redis      # those whose file name contains "redis"
+.venv/bin/python -m bench            # all
+.venv/bin/python -m bench redis      # those whose file name contains "redis"
 """
 
 from __future__ import annotations

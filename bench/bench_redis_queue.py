@@ -27,7 +27,15 @@ from bench import redis_apps  # noqa: E402
 BIN = Path(sys.executable).parent
 SIDES = {
     "celery": [str(BIN / "celery"), "-A", "bench.redis_apps:plain", "worker", "-Q", "bench-plain"],
-    "unified_jobs": [str(BIN / "unified-jobs"), "--app", "bench.redis_apps:jobs", "start", "--worker", "-q", "bench-uj"],
+    "unified_jobs": [
+        str(BIN / "unified-jobs"),
+        "--app",
+        "bench.redis_apps:jobs",
+        "start",
+        "--worker",
+        "-q",
+        "bench-uj",
+    ],
 }
 COMMON = ["--concurrency", "2", "--loglevel", "WARNING"]
 CELERY_OPTS = ["--without-mingle", "--without-gossip", "--without-heartbeat"]
@@ -51,8 +59,14 @@ def enqueue(side: str, n: int) -> float:
 
 def start_worker(side: str) -> subprocess.Popen[bytes]:
     argv = SIDES[side] + COMMON + (CELERY_OPTS if side == "celery" else ["--", *CELERY_OPTS])
-    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -100,7 +114,9 @@ def latency(side: str, n: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--latency-jobs", type=int, default=300)
     opts = parser.parse_args()

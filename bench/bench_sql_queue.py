@@ -113,10 +113,26 @@ def run_one(name: str, broker: str, options: dict[str, Any], jobs: int, samples:
     }
     log = (tmp / f"{out.stem}.log").open("wb")
     worker = subprocess.Popen(
-        [str(Path(sys.executable).with_name("celery")), "-A", "bench.bench_sql_queue", "worker",
-         "-P", "prefork", "-c", "2", "-l", "WARNING", "--without-mingle", "--without-gossip",
-         "--without-heartbeat"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            str(Path(sys.executable).with_name("celery")),
+            "-A",
+            "bench.bench_sql_queue",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+            "-l",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         rows = _wait_lines(out, jobs, timeout=120)

@@ -52,5 +52,7 @@ class Noop(Worker[NoopArgs]):
         note(args.sent)
 
 
-jobs = Jobs(Config.from_dict({"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Redis", "uri": BROKER}}))
+jobs = Jobs(
+    Config.from_dict({"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Redis", "uri": BROKER}})
+)
 jobs.register(Noop)

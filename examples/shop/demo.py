@@ -39,9 +39,22 @@ def place_orders(n: int, on_progress: Callable[[int], None]) -> None:
 
 
 def start_worker(env: dict[str, str], concurrency: int) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "unified_jobs", "--app", "shop.app:create_app", "start", "--worker",
-            "--concurrency", str(concurrency), "--loglevel", "WARNING",
-            "--", "--without-mingle", "--without-gossip"]
+    argv = [
+        sys.executable,
+        "-m",
+        "unified_jobs",
+        "--app",
+        "shop.app:create_app",
+        "start",
+        "--worker",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        "WARNING",
+        "--",
+        "--without-mingle",
+        "--without-gossip",
+    ]
     return subprocess.Popen(argv, cwd=EXAMPLES, env=env, start_new_session=True)
 
 
@@ -58,7 +71,9 @@ def main() -> None:
     queue = jobs.config.queue
     on_queue = jobs.mode == "BackgroundQueue" and queue is not None
     where = f"{queue.kind} queue at {queue.uri}" if on_queue and queue else "in-process pool"
-    console.print(f"[bold]unified_jobs demo[/]: mode [cyan]{jobs.mode}[/] ({where}), {len(jobs.workers)} workers")
+    console.print(
+        f"[bold]unified_jobs demo[/]: mode [cyan]{jobs.mode}[/] ({where}), {len(jobs.workers)} workers"
+    )
     expected = opts.orders * 3
     worker = start_worker(dict(os.environ), jobs.config.workers.concurrency) if on_queue else None
 
@@ -73,8 +88,13 @@ def main() -> None:
 
     start = time.perf_counter()
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
             enqueued = progress.add_task("enqueued", total=expected)
             done = progress.add_task("ran     ", total=expected)
             place_orders(opts.orders, lambda n: progress.update(enqueued, completed=n))

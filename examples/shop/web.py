@@ -24,8 +24,12 @@ async def place_order(request: Request) -> JSONResponse:
     order = await request.json()
     handles = [
         await SendReceipt.aperform_later({"order_id": order["id"], "email": order["email"]}),
-        await MakeThumbnails.aperform_later({"image_url": order.get("image", f"https://img.example.com/{order['id']}.png")}),
-        await BookRevenue.aperform_later({"order_id": order["id"], "subtotal_cents": order["subtotal_cents"]}),
+        await MakeThumbnails.aperform_later(
+            {"image_url": order.get("image", f"https://img.example.com/{order['id']}.png")}
+        ),
+        await BookRevenue.aperform_later(
+            {"order_id": order["id"], "subtotal_cents": order["subtotal_cents"]}
+        ),
     ]
     return JSONResponse({"jobs": [h.id for h in handles]}, status_code=202)
 

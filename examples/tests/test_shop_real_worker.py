@@ -11,10 +11,10 @@ import socket
 
 import pytest
 import redis
-
 from shop.app import create_app
 from shop.context import ShopContext
 from shop.workers import BookRevenue, MakeThumbnails, SendReceipt
+
 from unified_jobs.testing import run_worker
 
 

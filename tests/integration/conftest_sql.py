@@ -124,9 +124,22 @@ class SqlQueue:
         }
         log = self.tmp_path / f"worker-{name}.log"
         cmd = [
-            CELERY, "-A", "tests.integration.sql_celery_app", "worker", "-P", "prefork",
-            "-c", str(concurrency), "-n", f"{name}@%h", "-l", "INFO",
-            "--without-mingle", "--without-gossip", "--without-heartbeat", *args,
+            CELERY,
+            "-A",
+            "tests.integration.sql_celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "-l",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            *args,
         ]
         with log.open("wb") as out:
             proc = subprocess.Popen(

@@ -56,7 +56,9 @@ def test_broker_url_maps_the_users_config() -> None:
 
 def test_transport_options_validates_names_and_values() -> None:
     assert transport_options(10, 0.5, on_ack="delete") == {
-        "lease_sec": 10, "poll_interval_sec": 0.5, "on_ack": "delete",
+        "lease_sec": 10,
+        "poll_interval_sec": 0.5,
+        "on_ack": "delete",
     }
     with pytest.raises(ValueError, match="unknown SQL transport option"):
         transport_options(10, 1, leese_sec=3)
@@ -239,8 +241,14 @@ def test_an_undecodable_row_is_failed_and_consumption_goes_on(sqlq: SqlQueue) ->
     with sqlq.engine.begin() as conn:
         conn.execute(
             jobs.insert().values(
-                queue="q", payload="{oops", status="queued", priority=5, run_at=now,
-                attempts=0, created_at=now, updated_at=now,
+                queue="q",
+                payload="{oops",
+                status="queued",
+                priority=5,
+                run_at=now,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
             )
         )
     with connect(sqlq) as conn:

@@ -143,8 +143,14 @@ def test_bad_rows_are_marked_failed_and_the_worker_keeps_consuming(sqlq: SqlQueu
         for payload in bad:
             conn.execute(
                 insert(jobs).values(
-                    queue="celery", payload=payload, status="queued", priority=0, run_at=stamp,
-                    attempts=0, created_at=stamp, updated_at=stamp,
+                    queue="celery",
+                    payload=payload,
+                    status="queued",
+                    priority=0,
+                    run_at=stamp,
+                    attempts=0,
+                    created_at=stamp,
+                    updated_at=stamp,
                 )
             )
     producer = sqlq.producer()

@@ -150,7 +150,8 @@ def test_a_bad_table_prefix_is_refused(tmp_path: Path) -> None:
     write(
         tmp_path,
         "development",
-        "workers:\n  mode: BackgroundQueue\nqueue:\n  kind: Sqlite\n  uri: sqlite:///x.db\n  table_prefix: 'drop table;'\n",
+        "workers:\n  mode: BackgroundQueue\n"
+        "queue:\n  kind: Sqlite\n  uri: sqlite:///x.db\n  table_prefix: 'drop table;'\n",
     )
     with pytest.raises(ConfigError, match=r"queue\.table_prefix: String should match pattern"):
         load_config(config_dir=tmp_path)

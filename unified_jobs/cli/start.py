@@ -222,6 +222,7 @@ def run_server_and_worker(
         embedded.start()
     elif jobs.mode != "BackgroundAsync":
         logger.warning("workers.mode is %s: jobs run inline, in the request that enqueues them", jobs.mode)
+
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: FrameType | None) -> None:
             # uvicorn re-raises the signal after serving, which would kill the process before
