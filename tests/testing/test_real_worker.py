@@ -50,7 +50,8 @@ def test_wait_times_out_for_a_queue_nobody_consumes(redis_app) -> None:  # type:
     jobs, _ = redis_app
     with run_worker(jobs, queues=["default"]) as worker:
         handle = Echo.perform_later({"n": 1}, queue="nobody-listens")
-        with pytest.raises(TimeoutError, match=r"did not finish within 1s; is its queue consumed by this worker \(default\)"):
+        expected = r"did not finish within 1s; is its queue consumed by this worker \(default\)"
+        with pytest.raises(TimeoutError, match=expected):
             worker.wait(handle, timeout=1)
 
 
