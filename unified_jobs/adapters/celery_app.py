@@ -23,6 +23,7 @@ from celery import Celery
 from celery.app.task import Task
 from celery.exceptions import Reject
 from celery.result import AsyncResult, EagerResult
+from celery.worker.request import Request
 from kombu.exceptions import EncodeError
 from pydantic import ValidationError
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from unified_jobs.jobs import Jobs
     from unified_jobs.worker import Worker
 
-__all__ = ["CeleryBridge", "broker_settings"]
+__all__ = ["CeleryBridge", "JobRequest", "broker_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ def broker_settings(queue: QueueConfig) -> dict[str, Any]:
     }
 
 
+class JobRequest(Request):  # type: ignore[misc]
+    """Celery's worker-side request, which also tells the queue why a job failed.
+
+    It runs in the worker's main process, which owns the broker channel; the SQL queue writes
+    the text to the job row's ``last_error`` when the failed job is rejected.
+    """
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        note = getattr(getattr(self._message, "channel", None), "note_failure", None)
+        exception = getattr(exc_info, "exception", None)
+        if note is not None and exception is not None:
+            note(self._message.delivery_tag, f"{type(exception).__name__}: {exception}")
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
 class CeleryBridge:
     """Owns the Celery app of one ``Jobs``; see the module docstring."""
 
@@ -80,6 +96,8 @@ class CeleryBridge:
         self._routes: dict[str, dict[str, str]] = {}
         self._configure()
         self._route_task_calls_through_the_mode()
+        if self.app.Task.Request == Task.Request:  # keep an adopted app's own request class
+            self.app.Task.Request = JobRequest
 
     # -- configuration -----------------------------------------------------------------------
 

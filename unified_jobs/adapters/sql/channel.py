@@ -110,6 +110,8 @@ class Channel(virtual.Channel):
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
         self._claims: dict[str, _Claim] = {}
         self._claims_lock = threading.Lock()
+        #: Why a delivered job failed (set by the worker just before it rejects the job).
+        self._failure_notes: dict[str, str] = {}
         self._no_ack_queues: set[str] = set()
         self._heartbeat: Heartbeat | None = None
         self._acks: list[str] = []
@@ -296,7 +298,14 @@ class Channel(virtual.Channel):
             return
         with self._claims_lock:
             claims = self._pop_claims([delivery_tag])
-        self._write_outcome(claims, action)
+            note = self._failure_notes.pop(delivery_tag, None)
+        self._write_outcome(claims, action, error=note)
+
+    def note_failure(self, delivery_tag: str, error: str) -> None:
+        """Record why a job failed; its coming reject writes it to the row's ``last_error``."""
+        with self._claims_lock:
+            if delivery_tag in self._claims:
+                self._failure_notes[delivery_tag] = error[:4000]
 
     def flush_acks(self) -> None:
         """Write the pending acks now."""
@@ -308,14 +317,14 @@ class Channel(virtual.Channel):
     def _pop_claims(self, tags: Sequence[str]) -> list[_Claim]:
         return [c for t in tags if (c := self._claims.pop(t, None)) is not None]
 
-    def _write_outcome(self, claims: list[_Claim], action: str) -> None:
+    def _write_outcome(self, claims: list[_Claim], action: str, error: str | None = None) -> None:
         if not claims:
             return
         if action == "ack":
             stmt = self.q.complete if self.options.on_ack == "complete" else self.q.delete_claimed
             params = [self._params(c) for c in claims]
         elif action == "reject":
-            error = "rejected by the consumer (requeue=False)"
+            error = error or "rejected by the consumer (requeue=False)"
             stmt, params = self.q.fail, [self._params(c, error=error) for c in claims]
         else:
             stmt, params = self.q.requeue, [self._params(c) for c in claims]

@@ -1,0 +1,117 @@
+"""The SQL queues through a ``Jobs`` app and `unified-jobs start --worker` (the transport's own
+tests are in test_sql_transport.py and test_sql_worker.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import PG_HOST, PG_PORT, PG_URL, clear_sql_jobs, require_service, sql_prefix
+from tests.contract.contract_app import Echo, Fail, create_app
+from tests.procs import WorkerProcess, read_records, unified_jobs_worker, wait_until
+from unified_jobs.adapters.sql import job_counts
+from unified_jobs.adapters.sql.engine import get_engine
+
+pytestmark = pytest.mark.timeout(120)
+
+PREFIX = sql_prefix("sqlapp")
+FAST = ("--", "--without-mingle", "--without-gossip")
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    if request.param == "postgres":
+        require_service("PostgreSQL", PG_HOST, PG_PORT)
+        uri = PG_URL
+    else:
+        uri = f"sqlite:///{tmp_path}/jobs.db"
+    clear_sql_jobs(uri, PREFIX)
+    return {
+        "kind": "Postgres" if request.param == "postgres" else "Sqlite",
+        "uri": uri,
+        "table_prefix": PREFIX,
+    }
+
+
+def rows(uri: str) -> list[Any]:
+    with get_engine(uri).begin() as conn:
+        return list(
+            conn.execute(sa.text(f"SELECT task_name, status, last_error FROM {PREFIX}jobs ORDER BY id"))
+        )
+
+
+def start(tmp_path: Path, config: dict[str, Any], record: Path) -> WorkerProcess:
+    env = {"UJ_CONTRACT_CONFIG": json.dumps(config), "UJ_CONTRACT_RECORD": str(record)}
+    worker = unified_jobs_worker(
+        "tests.contract.contract_app:app_from_env", env, tmp_path / "worker.log", "-c", "1", *FAST
+    )
+    worker.wait_for_output("ready.")
+    return worker
+
+
+def test_a_failed_job_is_kept_as_failed_with_its_error(queue: dict[str, Any], tmp_path: Path) -> None:
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+    record = tmp_path / "record.jsonl"
+    jobs = create_app(config, str(record))
+    worker = start(tmp_path, config, record)
+    try:
+        Fail.perform_later({"n": 4})
+        Echo.perform_later({"n": 5})
+        assert wait_until(lambda: len(read_records(record)) >= 2, timeout=30), worker.output()[-3000:]
+
+        def settled() -> bool:
+            return {r.status for r in rows(queue["uri"])} == {"failed", "completed"}
+
+        assert wait_until(settled, timeout=15), rows(queue["uri"])
+    finally:
+        worker.stop()
+    by_name = {r.task_name: r for r in rows(queue["uri"])}
+    assert by_name["contract.Fail"].status == "failed"
+    assert by_name["contract.Fail"].last_error == "RuntimeError: job 4 failed on purpose"
+    assert by_name["contract.Echo"].status == "completed"
+    jobs.shutdown()
+
+
+def test_a_message_with_invalid_args_is_failed_not_run_and_kept(
+    queue: dict[str, Any], tmp_path: Path
+) -> None:
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+    record = tmp_path / "record.jsonl"
+    jobs = create_app(config, str(record))
+    bad = jobs.celery.send_task("contract.Echo", kwargs={"n": "NaN-not-int"}, queue="default")
+    Echo.perform_later({"n": 1})
+    worker = start(tmp_path, config, record)
+    try:
+        assert wait_until(lambda: len(read_records(record)) >= 1, timeout=30)
+        worker.wait_for_output(f"job {bad.id} (contract.Echo) rejected, its arguments do not validate")
+        assert wait_until(lambda: "failed" in {r.status for r in rows(queue["uri"])}, timeout=15)
+    finally:
+        worker.stop()
+    assert [r["args"]["n"] for r in read_records(record)] == [1]
+    assert sorted(r.status for r in rows(queue["uri"])) == ["completed", "failed"]
+    jobs.shutdown()
+
+
+def test_dangerously_flush_deletes_only_this_apps_queued_jobs(queue: dict[str, Any], tmp_path: Path) -> None:
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+    record = tmp_path / "record.jsonl"
+    jobs = create_app(config, str(record))
+    for n in range(4):
+        Echo.perform_later({"n": n})
+    # Another app's jobs in the same tables, on a queue this app does not use.
+    jobs.celery.send_task("other.app.Task", kwargs={}, queue="another-apps-queue")
+    flushing = {"workers": {"mode": "BackgroundQueue"}, "queue": {**queue, "dangerously_flush": True}}
+    worker = start(tmp_path, flushing, record)
+    try:
+        worker.wait_for_output("dangerously_flush: deleted 4 queued job(s)")
+        Echo.perform_later({"n": 99})
+        assert wait_until(lambda: len(read_records(record)) >= 1, timeout=30)
+    finally:
+        worker.stop()
+    assert [r["args"]["n"] for r in read_records(record)] == [99]
+    assert job_counts(queue["uri"], PREFIX)["another-apps-queue"] == {"queued": 1}
+    jobs.shutdown()
