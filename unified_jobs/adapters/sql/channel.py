@@ -339,7 +339,11 @@ class Channel(virtual.Channel):
             if 0 <= changed < len(claims):
                 logger.warning(
                     "%d of %d job(s) lost their lease before their %s (they were redelivered, so may "
-                    "run twice): %s", len(claims) - changed, len(claims), action, [c.id for c in claims],
+                    "run twice): %s",
+                    len(claims) - changed,
+                    len(claims),
+                    action,
+                    [c.id for c in claims],
                 )
         self.connection.wakeup.set()  # a prefetch slot is free
 

@@ -111,7 +111,7 @@ def broker_url(kind: str, uri: str) -> str:
     if want is None:
         raise ConfigError(f"queue.kind {kind!r} is not a SQL queue; accepted: Postgres, Sqlite")
     if uri.startswith("postgres://"):
-        uri = "postgresql://" + uri[len("postgres://"):]
+        uri = "postgresql://" + uri[len("postgres://") :]
     try:
         got = dialect_of(uri)
     except Exception as exc:  # SQLAlchemy's URL parser raises several types

@@ -146,6 +146,7 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
 
 # --- Postgres extras -----------------------------------------------------------------------
 
+
 def _pg_notify_ddl(t: Tables) -> list[str]:
     """A trigger that NOTIFYs ``<prefix>jobs`` with the queue name whenever a row becomes queued.
 
@@ -179,6 +180,7 @@ def _lock_key(t: Tables) -> int:
 
 
 # --- versioned steps -----------------------------------------------------------------------
+
 
 def _v1(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, checkfirst=True)
@@ -227,8 +229,10 @@ def ensure_schema_on(engine: Engine, t: Tables) -> int:
             version = _migrate(engine, t)
         elif version > SCHEMA_VERSION:
             logger.warning(
-                "table %s is at schema version %d, newer than this unified_jobs (%d); "
-                "upgrade unified_jobs", t.version.name, version, SCHEMA_VERSION,
+                "table %s is at schema version %d, newer than this unified_jobs (%d); upgrade unified_jobs",
+                t.version.name,
+                version,
+                SCHEMA_VERSION,
             )
         _done.add(key)
         return version
@@ -259,4 +263,3 @@ def drop_schema(engine: Engine, t: Tables) -> None:
     key = (engine.url.render_as_string(hide_password=True), t.prefix)
     with _done_lock:
         _done.discard(key)
-

@@ -53,8 +53,8 @@ class PgListener(threading.Thread):
 
     def __init__(self, sqlalchemy_url: str, channel: str, wakeup: threading.Event) -> None:
         super().__init__(name=f"unified_jobs-listen-{channel}", daemon=True)
-        self._conninfo = make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(
-            hide_password=False
+        self._conninfo = (
+            make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
         )
         self._channel = channel
         self._wakeup = wakeup
