@@ -7,7 +7,7 @@ import importlib
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -171,6 +171,26 @@ class Jobs:
         job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
         await self._adapter.aenqueue(job)
         return job.handle()
+
+    def perform_all_later(
+        self,
+        worker_cls: type[Worker[Any]],
+        args_list: Iterable[BaseModel | dict[str, Any]],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> list[JobHandle]:
+        """Enqueue many jobs of one worker at once (ActiveJob's ``perform_all_later``).
+
+        Every argument set is validated before anything is enqueued, so one invalid item
+        raises ``pydantic.ValidationError`` and enqueues none. Queue adapters publish the batch
+        in few round trips (Redis: pipelined).
+        """
+        batch = [self._build_job(worker_cls, args, wait, run_at, queue, priority) for args in args_list]
+        self._adapter.enqueue_many(batch)
+        return [job.handle() for job in batch]
 
     def _build_job(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get_origin
 
@@ -97,6 +97,21 @@ class Worker(Generic[Args]):
     ) -> JobHandle:
         """Enqueue a job on the app this worker is registered with. See ``Jobs.perform_later``."""
         return cls._app().perform_later(cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority)
+
+    @classmethod
+    def perform_all_later(
+        cls,
+        args_list: Iterable[Args | dict[str, Any]],
+        *,
+        wait: timedelta | None = None,
+        run_at: datetime | None = None,
+        queue: str | None = None,
+        priority: int | None = None,
+    ) -> list[JobHandle]:
+        """Enqueue many jobs at once; see ``Jobs.perform_all_later``."""
+        return cls._app().perform_all_later(
+            cls, args_list, wait=wait, run_at=run_at, queue=queue, priority=priority
+        )
 
     @classmethod
     async def aperform_later(

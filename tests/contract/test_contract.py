@@ -117,3 +117,13 @@ def test_many_jobs_each_run_exactly_once(harness: Harness) -> None:
     ids = [Echo.perform_later({"n": i}).id for i in range(200)]
     recs = harness.wait_for_count(200, timeout=60)
     assert sorted(r["job"] for r in recs) == sorted(ids)
+
+
+def test_perform_all_later_enqueues_every_job_or_none(harness: Harness) -> None:
+    with pytest.raises(ValidationError):
+        Echo.perform_all_later([{"n": 1}, {"n": "two"}, {"n": 3}])
+    handles = Echo.perform_all_later([{"n": i} for i in range(50)], queue="async")
+    assert len({h.id for h in handles}) == 50 and {h.queue for h in handles} == {"async"}
+    recs = harness.wait_for_count(50, timeout=30)
+    assert sorted(r["job"] for r in recs) == sorted(h.id for h in handles)
+    assert sorted(r["args"]["n"] for r in recs) == list(range(50))

@@ -35,6 +35,11 @@ class Adapter(ABC):
         Returns the job's result where it ran at once (ForegroundBlocking), else ``None``.
         """
 
+    def enqueue_many(self, jobs: list[Job]) -> None:
+        """Take several jobs; adapters that can batch the round trips override it."""
+        for job in jobs:
+            self.enqueue(job)
+
     async def aenqueue(self, job: Job) -> None:
         """Async form; by default ``enqueue`` in a thread so the event loop never blocks."""
         await asyncio.to_thread(self.enqueue, job)
