@@ -55,9 +55,9 @@ class WorkerProcess:
         self._log_file.close()
 
     def stop(self, timeout: float = 20.0) -> int:
-        """Warm shutdown (SIGTERM), then SIGKILL if it lingers."""
+        """Warm shutdown (SIGTERM to the main process), then SIGKILL to the group if it lingers."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -285,3 +286,22 @@ def test_start_worker_outside_background_queue_explains_and_fails(tmp_path: Path
         "workers.mode is BackgroundAsync" in out.stderr and "no queue for a worker to consume" in out.stderr
     )
     assert "Traceback" not in out.stderr
+
+
+def test_sigterm_is_a_warm_shutdown(setup: tuple[Path, dict[str, str]], workers: Any) -> None:
+    """The job in progress finishes; the jobs not started stay queued for the next worker."""
+    record, env = setup
+    jobs = create_app(config(), str(record))
+    worker = workers(env, "--concurrency", "1", "--", "--prefetch-multiplier", "1", "--without-mingle")
+    worker.wait_for_output("ready.")
+    ids = [Sleep.perform_later({"n": n, "seconds": 1.5}).id for n in range(3)]
+    assert wait_until(lambda: any(r["worker"] == "sleep_start" for r in read_records(record)), timeout=30)
+    worker.proc.send_signal(signal.SIGTERM)  # to the main process, as `kill PID` or an orchestrator does
+    assert worker.proc.wait(30) == 0, worker.output()[-2000:]
+    finished = [r["job"] for r in read_records(record) if r["worker"] == "sleep_end"]
+    started = [r["job"] for r in read_records(record) if r["worker"] == "sleep_start"]
+    assert finished == started == [ids[0]], "the job in progress must finish, and no other start"
+    second = workers(env, "--concurrency", "2", *FAST, name="second")
+    done = lambda: {r["job"] for r in read_records(record) if r["worker"] == "sleep_end"} == set(ids)  # noqa: E731
+    assert wait_until(done, timeout=30), second.output()[-2000:]
+    jobs.shutdown()
