@@ -20,7 +20,6 @@ fixture is used, so projects that do not use the plugin are not affected.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, cast, get_args
 
@@ -153,25 +152,9 @@ def jobs_worker(unified_jobs_app: Jobs | None) -> Iterator[RunningWorker]:
 
 
 def _load_app(spec: str) -> Jobs:
-    from unified_jobs.jobs import Jobs
+    from unified_jobs.cli._app import AppNotFoundError, load_app
 
-    module_name, _, attr_path = spec.partition(":")
-    if not module_name or not attr_path:
-        pytest.fail(f"unified_jobs_app = {spec!r}: write it as 'package.module:attribute'", pytrace=False)
     try:
-        target: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        pytest.fail(f"unified_jobs_app = {spec!r}: cannot import {module_name!r}: {exc}", pytrace=False)
-    for attr in attr_path.split("."):
-        try:
-            target = getattr(target, attr)
-        except AttributeError:
-            pytest.fail(
-                f"unified_jobs_app = {spec!r}: {module_name} has no attribute {attr_path!r}", pytrace=False
-            )
-    if not isinstance(target, Jobs):
-        pytest.fail(
-            f"unified_jobs_app = {spec!r} is a {type(target).__name__}, not a unified_jobs.Jobs app",
-            pytrace=False,
-        )
-    return target
+        return load_app(spec, what="unified_jobs_app")
+    except AppNotFoundError as exc:
+        pytest.fail(str(exc), pytrace=False)

@@ -373,10 +373,10 @@ def test_the_app_can_be_given_by_overriding_the_fixture(pytester: pytest.Pyteste
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("myapp", "*unified_jobs_app = 'myapp': write it as 'package.module:attribute'*"),
-        ("nosuchmodule:jobs", "*unified_jobs_app = 'nosuchmodule:jobs': cannot import 'nosuchmodule'*"),
-        ("myapp:nope", "*unified_jobs_app = 'myapp:nope': myapp has no attribute 'nope'*"),
-        ("myapp:SENT", "*unified_jobs_app = 'myapp:SENT' is a list, not a unified_jobs.Jobs app*"),
+        ("myapp", "*unified_jobs_app 'myapp' must look like module:attribute*"),
+        ("nosuchmodule:jobs", "*cannot import 'nosuchmodule' (from unified_jobs_app nosuchmodule:jobs)*"),
+        ("myapp:nope", "*myapp has no attribute 'nope' (from unified_jobs_app myapp:nope)*"),
+        ("myapp:SENT", "*unified_jobs_app myapp:SENT is a list, not a unified_jobs.Jobs*"),
     ],
 )
 def test_a_wrong_app_setting_is_a_clear_error(pytester: pytest.Pytester, spec: str, message: str) -> None:

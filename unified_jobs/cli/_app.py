@@ -66,11 +66,11 @@ def import_string(spec: str, what: str = "--app") -> Any:
     return target
 
 
-def load_app(spec: str) -> Jobs:
+def load_app(spec: str, what: str = "--app") -> Jobs:
     """Import ``module:attribute``; the attribute is a ``Jobs`` or a callable returning one."""
-    target = import_string(spec)
+    target = import_string(spec, what)
     if callable(target) and not isinstance(target, Jobs):
         target = target()
     if not isinstance(target, Jobs):
-        raise AppNotFoundError(f"--app {spec} is a {type(target).__name__}, not a unified_jobs.Jobs")
+        raise AppNotFoundError(f"{what} {spec} is a {type(target).__name__}, not a unified_jobs.Jobs")
     return target
