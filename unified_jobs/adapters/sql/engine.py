@@ -9,6 +9,7 @@ touches its parent's connections.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Any
@@ -31,7 +32,7 @@ def normalize_db_url(uri: str) -> str:
     """
     for plain in ("postgres://", "postgresql://"):
         if uri.startswith(plain):
-            return "postgresql+psycopg://" + uri[len(plain):]
+            return "postgresql+psycopg://" + uri[len(plain) :]
     return uri
 
 
@@ -50,7 +51,7 @@ def dialect_of(uri: str) -> str:
     return backend
 
 
-_engines: dict[tuple[str, float, str, tuple[tuple[str, Any], ...]], Engine] = {}
+_engines: dict[tuple[str, float, str, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
@@ -63,17 +64,22 @@ def get_engine(
 ) -> Engine:
     """The process's shared engine for ``uri`` (created on first use)."""
     url = normalize_db_url(uri)
-    extra = tuple(sorted((engine_options or {}).items()))
-    key = (url, busy_timeout_sec, sqlite_synchronous, extra)
+    key = (url, busy_timeout_sec, sqlite_synchronous, _options_key(engine_options))
     engine = _engines.get(key)
     if engine is not None:
         return engine
     with _engines_lock:
         engine = _engines.get(key)
         if engine is None:
-            engine = _create(make_url(url), busy_timeout_sec, sqlite_synchronous, dict(extra))
+            engine = _create(make_url(url), busy_timeout_sec, sqlite_synchronous, dict(engine_options or {}))
             _engines[key] = engine
         return engine
+
+
+def _options_key(options: dict[str, Any] | None) -> str:
+    """A hashable, order-independent key for ``engine_options``, whose values may be dicts
+    (``connect_args``) or lists; values JSON cannot hold are keyed by their ``repr``."""
+    return json.dumps(options or {}, sort_keys=True, default=repr)
 
 
 def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[str, Any]) -> Engine:
