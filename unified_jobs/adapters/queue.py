@@ -16,7 +16,10 @@ from unified_jobs.job import Job
 if TYPE_CHECKING:
     from unified_jobs.jobs import Jobs
 
-__all__ = ["CeleryQueueAdapter"]
+__all__ = ["TAGS_HEADER", "CeleryQueueAdapter"]
+
+#: The message header holding the worker's tags, so they travel with the job (``jobs dump``).
+TAGS_HEADER = "unified_jobs_tags"
 
 
 class CeleryQueueAdapter(Adapter):
@@ -29,6 +32,7 @@ class CeleryQueueAdapter(Adapter):
         self._queue = jobs.config.queue
         self._bridge = jobs.celery_bridge()
         self._redis = self._queue.kind == "Redis"
+        self._workers = jobs.workers  # a live view: workers registered later count too
 
     def enqueue(self, job: Job) -> None:
         try:
@@ -51,6 +55,10 @@ class CeleryQueueAdapter(Adapter):
         if job.priority is not None:
             # Ours: 0-9, higher first. kombu's Redis transport serves 0 first; the SQL one 9 first.
             options["priority"] = 9 - job.priority if self._redis else job.priority
+        worker_cls = self._workers.get(job.name)
+        if worker_cls is not None and worker_cls.tags:
+            # Celery keeps custom headers in the message; the job's tags survive a dump/import.
+            options["headers"] = {TAGS_HEADER: list(worker_cls.tags)}
         self._bridge.app.send_task(
             job.name,
             args=json.loads(job.args_json),
