@@ -12,11 +12,13 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    ColumnElement,
     Delete,
     Select,
     TextClause,
     Update,
     bindparam,
+    case,
     delete,
     func,
     insert,
@@ -27,9 +29,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql.dml import Insert
 
-from unified_jobs.adapters.sql.schema import COMPLETED, FAILED, PROCESSING, QUEUED, Tables
+from unified_jobs.adapters.sql.schema import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED, Tables
 
-__all__ = ["Queries", "queries_for"]
+__all__ = [
+    "AdminQueries",
+    "Queries",
+    "admin_queries_for",
+    "count_filtered",
+    "count_jobs",
+    "delete_jobs",
+    "job_page",
+    "queries_for",
+    "recent_jobs",
+    "retry_failed",
+]
 
 
 @dataclass(frozen=True)
@@ -158,3 +171,157 @@ def queries_for(t: Tables, dialect: str) -> Queries:
         .order_by(c.queue, c.status),
         async_commit=text("SET LOCAL synchronous_commit = off") if dialect == "postgresql" else None,
     )
+
+
+# --- the ``jobs`` command line (store.py) ----------------------------------------------------
+#
+# Filters are bound parameters: ``statuses`` (an expanding list) always; ``worker`` (the task
+# name) and ``cutoff`` (rows last updated at or before it) when the statement is built with
+# them. Each shape is built once and cached.
+
+
+@dataclass(frozen=True)
+class AdminQueries:
+    """Statements of the ``jobs`` commands; parameter names are given in each field's comment."""
+
+    # now, worker -> rowcount: queued jobs of a worker become cancelled
+    cancel: Update
+    # now, cutoff, error -> rowcount: processing since cutoff or before, lease expired or absent
+    requeue_stuck: Update
+    # statuses (list) -> rowcount: delete every job with one of these statuses
+    delete_statuses: Delete
+    # queue, task_name, task_id, payload, priority, run_at, created_at, now (executemany)
+    insert_imported: Insert
+
+
+#: The columns ``jobs list --jobs`` shows (and ``jobs dump`` writes, with the payload).
+_LISTED = (
+    "id",
+    "queue",
+    "task_name",
+    "task_id",
+    "status",
+    "priority",
+    "run_at",
+    "attempts",
+    "last_error",
+    "created_at",
+    "updated_at",
+)
+
+
+@lru_cache(maxsize=64)
+def admin_queries_for(t: Tables) -> AdminQueries:
+    """The fixed-shape statements of the ``jobs`` commands for table set ``t``."""
+    j = t.jobs
+    c = j.c
+    now: BindParameter[Any] = bindparam("now")
+    return AdminQueries(
+        cancel=update(j)
+        .where(c.status == QUEUED, c.task_name == bindparam("worker"))
+        .values(status=CANCELLED, updated_at=now),
+        requeue_stuck=update(j)
+        .where(
+            c.status == PROCESSING,
+            c.updated_at <= bindparam("cutoff"),
+            # A lease still being renewed means a live worker is running the job: not stuck.
+            (c.lease_expires_at.is_(None)) | (c.lease_expires_at < now),
+        )
+        .values(
+            status=QUEUED,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+            last_error=bindparam("error") + func.coalesce(c.lease_owner, "nobody"),
+        ),
+        delete_statuses=delete(j).where(c.status.in_(bindparam("statuses", expanding=True))),
+        insert_imported=insert(j).values(
+            queue=bindparam("queue"),
+            task_name=bindparam("task_name"),
+            task_id=bindparam("task_id"),
+            payload=bindparam("payload"),
+            status=QUEUED,
+            priority=bindparam("priority"),
+            run_at=bindparam("run_at"),
+            attempts=0,
+            created_at=bindparam("created_at"),
+            updated_at=now,
+        ),
+    )
+
+
+def _filtered(t: Tables, worker: bool, older: bool) -> list[ColumnElement[bool]]:
+    c = t.jobs.c
+    where: list[ColumnElement[bool]] = [c.status.in_(bindparam("statuses", expanding=True))]
+    if worker:
+        where.append(c.task_name == bindparam("worker"))
+    if older:
+        where.append(c.updated_at <= bindparam("cutoff"))
+    return where
+
+
+@lru_cache(maxsize=64)
+def count_jobs(t: Tables, worker: bool) -> Select[Any]:
+    """statuses, now[, worker] -> rows (queue, status, count, delayed): delayed are the queued
+    jobs whose run_at is after now."""
+    c = t.jobs.c
+    delayed = func.sum(case(((c.status == QUEUED) & (c.run_at > bindparam("now")), 1), else_=0))
+    return (
+        select(c.queue, c.status, func.count(), delayed)
+        .where(*_filtered(t, worker, older=False))
+        .group_by(c.queue, c.status)
+        .order_by(c.queue, c.status)
+    )
+
+
+@lru_cache(maxsize=64)
+def count_filtered(t: Tables, worker: bool, older: bool) -> Select[Any]:
+    """statuses[, worker][, cutoff] -> the number of matching jobs."""
+    return select(func.count()).select_from(t.jobs).where(*_filtered(t, worker, older))
+
+
+@lru_cache(maxsize=64)
+def recent_jobs(t: Tables, worker: bool) -> Select[Any]:
+    """statuses, limit[, worker] -> the newest matching jobs (``_LISTED`` columns), newest first."""
+    c = t.jobs.c
+    columns = [c[name] for name in _LISTED]
+    return (
+        select(*columns)
+        .where(*_filtered(t, worker, older=False))
+        .order_by(c.id.desc())
+        .limit(bindparam("limit"))
+    )
+
+
+@lru_cache(maxsize=64)
+def job_page(t: Tables, worker: bool, older: bool, payload: bool) -> Select[Any]:
+    """statuses, after_id, limit[, worker][, cutoff] -> the next page of matching jobs by id.
+
+    Keyset pages keep every transaction short (on SQLite each one holds the write lock).
+    With ``payload`` the rows have every column a dump needs; without, only ``id``.
+    """
+    c = t.jobs.c
+    columns = [c[name] for name in (*_LISTED, "payload")] if payload else [c.id]
+    return (
+        select(*columns)
+        .where(*_filtered(t, worker, older), c.id > bindparam("after_id"))
+        .order_by(c.id)
+        .limit(bindparam("limit"))
+    )
+
+
+@lru_cache(maxsize=64)
+def delete_jobs(t: Tables, older: bool) -> Delete:
+    """ids (list), statuses[, cutoff] -> rowcount; the filters are checked again at delete time."""
+    c = t.jobs.c
+    return delete(t.jobs).where(c.id.in_(bindparam("ids", expanding=True)), *_filtered(t, False, older))
+
+
+@lru_cache(maxsize=64)
+def retry_failed(t: Tables, worker: bool) -> Update:
+    """now[, worker] -> rowcount: failed jobs back to queued, with a fresh attempts count."""
+    c = t.jobs.c
+    where: list[ColumnElement[bool]] = [c.status == FAILED]
+    if worker:
+        where.append(c.task_name == bindparam("worker"))
+    return update(t.jobs).where(*where).values(status=QUEUED, attempts=0, updated_at=bindparam("now"))
