@@ -32,7 +32,15 @@ def require_service(name: str, host: str, port: int) -> None:
 
 #: Redis database numbers, one per test module that runs real workers, so that a worker of one
 #: module never takes another module's jobs. Each is flushed by the tests that use it.
-REDIS_DBS = {"contract": 13, "redis": 12, "dropin": 11, "cli": 10, "testing": 14, "examples": 15}
+REDIS_DBS = {
+    "contract": 13,
+    "redis": 12,
+    "dropin": 11,
+    "cli": 10,
+    "testing": 14,
+    "examples": 15,
+    "jobscli": 9,
+}
 
 
 def redis_url(purpose: str) -> str:

@@ -1,0 +1,463 @@
+"""``unified-jobs jobs ...``: look at and manage the queued jobs (Loco's ``jobs`` commands).
+
+On the SQL queues (Postgres, Sqlite) the jobs table is the job store, and every command works.
+Redis keeps only lists of queued messages: ``jobs list`` shows their lengths, and the other
+commands say they need a job store. See docs/guides/managing-jobs.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+
+from unified_jobs._uri import mask_uri
+from unified_jobs.cli import Context, cli
+from unified_jobs.config import DEFAULT_ENV, ENV_VAR, QueueConfig
+from unified_jobs.errors import UnifiedJobsError
+from unified_jobs.jobs import Jobs
+
+if TYPE_CHECKING:
+    from unified_jobs.adapters.sql.store import JobCounts, JobStore, Progress
+
+__all__ = ["jobs_group"]
+
+FC = TypeVar("FC", bound=Callable[..., Any])
+
+#: Every status a job row can have (Loco's names); ``schema.STATUSES`` without importing SQLAlchemy.
+STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
+#: Operations on at least this many rows show a progress bar (on stderr).
+PROGRESS_MIN_ROWS = 1000
+
+
+def _statuses(_ctx: click.Context, _param: click.Parameter, value: Sequence[str]) -> list[str]:
+    """``--status`` is repeatable and takes comma lists: ``--status failed,cancelled``."""
+    out = [s.strip().lower() for v in value for s in v.split(",") if s.strip()]
+    unknown = [s for s in out if s not in STATUSES]
+    if unknown:
+        raise click.BadParameter(f"{', '.join(unknown)}: the statuses are {', '.join(STATUSES)}")
+    return list(dict.fromkeys(out))
+
+
+def status_option(default: str | None, help_text: str) -> Callable[[FC], FC]:
+    return click.option(
+        "--status",
+        multiple=True,
+        default=[default] if default else [],
+        show_default=default,
+        callback=_statuses,
+        show_envvar=True,
+        metavar="LIST",
+        help=f"{help_text} Repeatable, or comma-separated ({', '.join(STATUSES)}).",
+    )
+
+
+def _where(queue: QueueConfig) -> str:
+    return f"{queue.kind} queue at {mask_uri(queue.uri)}"
+
+
+def _queue_of(jobs: Jobs, command: str) -> QueueConfig:
+    """The app's queue config; a clear error outside BackgroundQueue mode."""
+    mode, queue = jobs.config.workers.mode, jobs.config.queue
+    if mode != "BackgroundQueue" or queue is None:
+        env = os.environ.get(ENV_VAR) or DEFAULT_ENV
+        raise UnifiedJobsError(
+            f"`jobs {command}` manages a queue, but the app runs in mode {mode} (workers.mode in "
+            f"config/{env}.yaml), which keeps no queue: its jobs run in-process and are not stored. "
+            "Set workers.mode: BackgroundQueue with a queue: section (Redis, Postgres or Sqlite)"
+        )
+    return queue
+
+
+def _store(obj: Context, command: str) -> JobStore:
+    """The SQL job store of the app's queue; a clear error on Redis or outside BackgroundQueue."""
+    queue = _queue_of(obj.jobs(), command)
+    if queue.kind == "Redis":
+        raise UnifiedJobsError(
+            f"`jobs {command}` needs a job store: a Postgres or Sqlite queue (queue.kind). This app's "
+            f"queue is Redis ({mask_uri(queue.uri)}), which keeps only lists of queued messages, no "
+            "job records to change; `jobs list` shows their lengths"
+        )
+    from unified_jobs.adapters.sql.store import JobStore
+
+    return JobStore(queue.uri, queue.table_prefix)
+
+
+def _unknown_worker_note(obj: Context, name: str | None, matched: int) -> None:
+    """A typo in --name/--worker matches nothing silently; say so when no worker has the name."""
+    workers = obj.jobs().workers
+    if name is not None and not matched and name not in workers:
+        known = ", ".join(sorted(workers)) or "none"
+        click.echo(f"note: no registered worker is named {name!r} (registered: {known})", err=True)
+
+
+def _console() -> Any:
+    """A rich console on stdout; piped output gets wide tables rather than folded cells."""
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 200
+    return console
+
+
+@contextmanager
+def _progress(description: str, total: int) -> Iterator[Progress]:
+    """A rich progress bar on stderr when ``total`` is large; else a no-op callback."""
+    if total < PROGRESS_MIN_ROWS:
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def _plural(n: int, what: str = "job") -> str:
+    return f"{n} {what}{'' if n == 1 else 's'}"
+
+
+@cli.group("jobs")
+def jobs_group() -> None:
+    """Look at and manage the queue's jobs.
+
+    Every command works on the Postgres and Sqlite queues, whose jobs table is the job
+    store. On Redis only `jobs list` works (the queue lengths). Options also read
+    UNIFIED_JOBS_JOBS_<COMMAND>_<OPTION> (e.g. UNIFIED_JOBS_JOBS_PURGE_MAX_AGE).
+    """
+
+
+# --- list -----------------------------------------------------------------------------------
+
+
+@jobs_group.command("list")
+@status_option(None, "Only jobs with this status [default: all].")
+@click.option("--worker", metavar="NAME", show_envvar=True, help="Only jobs of this worker (its name).")
+@click.option("--jobs", is_flag=True, show_envvar=True, help="Also list the jobs one by one.")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=50,
+    show_default=True,
+    show_envvar=True,
+    help="With --jobs: the newest this many.",
+)
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    show_envvar=True,
+    help="A table, or one JSON object for scripts.",
+)
+@click.pass_obj
+def list_jobs(
+    obj: Context, status: list[str], worker: str | None, jobs: bool, limit: int, output: str
+) -> None:
+    """Count the jobs by queue and status; --jobs lists them too.
+
+    "delayed" counts the queued jobs whose run_at is still ahead. On Redis: the length of
+    each of the app's queues (all priority levels) and the jobs workers have reserved.
+    """
+    queue = _queue_of(obj.jobs(), "list")
+    if queue.kind == "Redis":
+        if status or worker or jobs:
+            raise UnifiedJobsError(
+                "--status, --worker and --jobs need a job store (a Postgres or Sqlite queue); "
+                "on Redis `jobs list` shows queue lengths only"
+            )
+        _list_redis(obj.jobs(), queue, output)
+        return
+    store = _store(obj, "list")
+    counts = store.counts(status, worker)
+    rows = store.recent(status, worker, limit) if jobs else []
+    if output == "json":
+        data: dict[str, Any] = {"kind": queue.kind, "counts": counts.by_queue, "delayed": counts.delayed}
+        if jobs:
+            data["jobs"] = [
+                {
+                    "id": r.id,
+                    "task_id": r.task_id,
+                    "worker": r.worker,
+                    "queue": r.queue,
+                    "status": r.status,
+                    "priority": r.priority,
+                    "run_at": r.run_at.isoformat(),
+                    "attempts": r.attempts,
+                    "last_error": r.last_error,
+                    "created_at": r.created_at.isoformat(),
+                    "updated_at": r.updated_at.isoformat(),
+                }
+                for r in rows
+            ]
+        click.echo(json.dumps(data, indent=2))
+        return
+    _counts_table(queue, counts, status or list(STATUSES))
+    if jobs:
+        _jobs_table(rows, limit)
+    _unknown_worker_note(obj, worker, sum(sum(c.values()) for c in counts.by_queue.values()))
+
+
+def _when(value: datetime) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _counts_table(queue: QueueConfig, counts: JobCounts, statuses: list[str]) -> None:
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("queue")
+    for status in statuses:
+        table.add_column(status, justify="right")
+        if status == "queued":
+            table.add_column("delayed", justify="right")
+    table.add_column("total", justify="right")
+    for name, by_status in sorted(counts.by_queue.items()):
+        cells = []
+        for status in statuses:
+            cells.append(str(by_status.get(status, 0)))
+            if status == "queued":
+                cells.append(str(counts.delayed.get(name, 0)))
+        table.add_row(name, *cells, str(sum(by_status.values())))
+    if len(counts.by_queue) > 1:
+        cells = []
+        for status in statuses:
+            cells.append(str(counts.total(status)))
+            if status == "queued":
+                cells.append(str(sum(counts.delayed.values())))
+        total = sum(sum(c.values()) for c in counts.by_queue.values())
+        table.add_row("(all)", *cells, str(total), style="bold")
+    console = _console()
+    if not counts.by_queue:
+        console.print(f"No jobs match in the {_where(queue)}.", highlight=False, soft_wrap=True)
+        return
+    console.print(f"Jobs in the {_where(queue)}:", highlight=False, soft_wrap=True)
+    console.print(table)
+
+
+def _jobs_table(rows: list[Any], limit: int) -> None:
+    from rich.table import Table
+
+    table = Table()
+    for name in ("id", "worker", "queue", "status", "priority", "run_at", "attempts", "last_error"):
+        table.add_column(name, justify="right" if name in ("id", "priority", "attempts") else "left")
+    for r in rows:
+        error = (r.last_error or "").splitlines()[0][:80] if r.last_error else ""
+        table.add_row(
+            str(r.id),
+            r.worker or "?",
+            r.queue,
+            r.status,
+            str(r.priority),
+            _when(r.run_at),
+            str(r.attempts),
+            error,
+        )
+    console = _console()
+    shown = f"the newest {len(rows)}" if len(rows) == limit else f"all {len(rows)}"
+    console.print(f"Matching jobs, {shown}, newest first (times UTC):", highlight=False)
+    console.print(table)
+
+
+def _list_redis(jobs: Jobs, queue: QueueConfig, output: str) -> None:
+    names = jobs.celery_bridge().worker_queues()
+    queued: dict[str, int] = {}
+    reserved: dict[str, int] = {}
+    with jobs.celery.connection_for_read() as conn:
+        channel: Any = conn.default_channel
+        client = channel.client
+        for name in names:
+            # kombu keeps one list per priority level: "<queue>" and "<queue>\x06\x16<n>".
+            keys = dict.fromkeys(channel._q_for_pri(name, pri) for pri in channel.priority_steps)
+            queued[name] = sum(int(client.llen(key)) for key in keys)
+        # Jobs a worker took and has not acked (running, prefetched, or waiting for their eta).
+        for _tag, raw in client.hscan_iter(channel.unacked_key, count=500):
+            try:
+                routing_key = json.loads(raw)[2]
+            except (ValueError, IndexError, TypeError):
+                continue
+            reserved[routing_key] = reserved.get(routing_key, 0) + 1
+    for name in reserved:
+        queued.setdefault(name, 0)
+    if output == "json":
+        counts = {name: {"queued": n, "reserved": reserved.get(name, 0)} for name, n in queued.items()}
+        click.echo(json.dumps({"kind": "Redis", "counts": counts}, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table()
+    table.add_column("queue")
+    table.add_column("queued", justify="right")
+    table.add_column("reserved", justify="right")
+    for name, n in queued.items():
+        table.add_row(name, str(n), str(reserved.get(name, 0)))
+    console = _console()
+    console.print(
+        f"Queues in the {_where(queue)} (reserved: taken by a worker, not yet acked):",
+        highlight=False,
+        soft_wrap=True,
+    )
+    console.print(table)
+
+
+# --- changes --------------------------------------------------------------------------------
+
+
+@jobs_group.command()
+@click.option("--name", required=True, metavar="WORKER", show_envvar=True, help="The worker's name.")
+@click.pass_obj
+def cancel(obj: Context, name: str) -> None:
+    """Cancel the queued jobs of a worker: they become `cancelled` and never run."""
+    n = _store(obj, "cancel").cancel(name)
+    click.echo(f"cancelled {_plural(n)} of {name}")
+    _unknown_worker_note(obj, name, n)
+
+
+@jobs_group.command()
+@click.option(
+    "--from-age",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    show_envvar=True,
+    metavar="MINUTES",
+    help="Only jobs in processing for at least this long.",
+)
+@click.pass_obj
+def requeue(obj: Context, from_age: float) -> None:
+    """Put stuck `processing` jobs back to `queued`.
+
+    A job is stuck when it was claimed at least MINUTES ago and its lease is no longer
+    renewed (its worker died or froze). Jobs whose worker still renews the lease are
+    running, and are left alone. Workers also do this on their own when a lease expires.
+    """
+    n = _store(obj, "requeue").requeue_stuck(timedelta(minutes=from_age))
+    click.echo(f"requeued {_plural(n)} stuck in processing for {from_age:g} min or more")
+
+
+@jobs_group.command()
+@click.option("--name", metavar="WORKER", show_envvar=True, help="Only this worker's jobs.")
+@click.pass_obj
+def retry(obj: Context, name: str | None) -> None:
+    """Put `failed` jobs back to `queued` (attempts reset; the last error is kept)."""
+    n = _store(obj, "retry").retry(name)
+    click.echo(f"requeued {_plural(n, 'failed job')}{f' of {name}' if name else ''}")
+    _unknown_worker_note(obj, name, n)
+
+
+@jobs_group.command()
+@click.pass_obj
+def tidy(obj: Context) -> None:
+    """Delete the `completed` and `cancelled` jobs."""
+    n = _store(obj, "tidy").tidy()
+    click.echo(f"deleted {_plural(n)} (completed and cancelled)")
+
+
+@jobs_group.command()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=90,
+    show_default=True,
+    show_envvar=True,
+    metavar="DAYS",
+    help="Only jobs last updated at least this long ago (0: all).",
+)
+@status_option("completed,failed,cancelled", "Only jobs with this status.")
+@click.option(
+    "--dump",
+    type=click.Path(file_okay=False, path_type=Path),
+    show_envvar=True,
+    metavar="DIR",
+    help="First write the jobs to a dump file in DIR (see `jobs dump`).",
+)
+@click.pass_obj
+def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) -> None:
+    """Delete old jobs: with these statuses, last updated more than --max-age days ago."""
+    from unified_jobs.adapters.sql.store import utcnow
+    from unified_jobs.adapters.sql.store_dump import purge_jobs
+
+    store = _store(obj, "purge")
+    cutoff = utcnow() - timedelta(days=max_age)
+    total = store.count_matching(status, None, cutoff)
+    steps = total * (2 if dump is not None else 1)
+    with _progress("purging", steps) as progress:
+        result = purge_jobs(store, status, cutoff, dump, progress)
+    if result.dump_file is not None:
+        click.echo(f"dumped {_plural(result.dumped)} to {result.dump_file}")
+    deleted = result.deleted
+    click.echo(f"deleted {_plural(deleted)} ({', '.join(status)}) last updated {max_age:g} days ago or more")
+
+
+@jobs_group.command()
+@status_option(None, "Only jobs with this status [default: all].")
+@click.option("--worker", metavar="NAME", show_envvar=True, help="Only jobs of this worker.")
+@click.option(
+    "--folder",
+    "-f",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    show_envvar=True,
+    metavar="DIR",
+    help="Where to write unified-jobs-dump-<timestamp>.jsonl.",
+)
+@click.pass_obj
+def dump(obj: Context, status: list[str], worker: str | None, folder: Path) -> None:
+    """Write jobs to a JSON-lines file that `jobs import` reads back.
+
+    One job per line, with every field: the whole Celery message (payload), worker,
+    queue, priority, tags, run_at, status, attempts, last_error, created_at, updated_at.
+    The jobs stay in the queue.
+    """
+    from unified_jobs.adapters.sql.store_dump import dump_jobs
+
+    store = _store(obj, "dump")
+    total = store.count_matching(status, worker)
+    with _progress("dumping", total) as progress:
+        path, written = dump_jobs(store, folder, status, worker, None, progress)
+    click.echo(f"dumped {_plural(written)} to {path}")
+
+
+@jobs_group.command("import")
+@click.option(
+    "--file",
+    "-f",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    show_envvar=True,
+    metavar="PATH",
+    help="A dump file written by `jobs dump` or `jobs purge --dump`.",
+)
+@click.pass_obj
+def import_(obj: Context, file: Path) -> None:
+    """Enqueue every job of a dump file again, as `queued`.
+
+    Each job keeps its worker, queue, priority, tags, payload (arguments) and Celery task
+    id, and gets a new row: attempts 0, no last error, run_at kept if still ahead, else
+    now. The whole file is checked before anything is enqueued.
+    """
+    from unified_jobs.adapters.sql.store_dump import DumpError, import_jobs
+
+    store = _store(obj, "import")
+    with ExitStack() as stack:
+        advance: list[Progress] = [lambda _n: None]
+
+        def checked(total: int) -> None:  # the bar starts once the file is checked
+            advance[0] = stack.enter_context(_progress("importing", total))
+
+        try:
+            n = import_jobs(store, file, lambda k: advance[0](k), checked)
+        except DumpError as exc:
+            raise UnifiedJobsError(f"cannot import {file}: {exc}; nothing was imported") from None
+    click.echo(f"imported {_plural(n)} from {file} as queued")
