@@ -167,7 +167,9 @@ class Jobs:
         queue: str | None = None,
         priority: int | None = None,
     ) -> JobHandle:
-        """``perform_later`` for async code: the same checks, and the event loop never blocks."""
+        """``perform_later`` for async code: the same checks; the enqueue does not block the
+        event loop (in ForegroundBlocking mode the job itself runs in the caller's loop, so a
+        sync ``perform`` does)."""
         job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
         await self._adapter.aenqueue(job)
         return job.handle()
@@ -310,8 +312,9 @@ class Jobs:
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop what the app started. The BackgroundAsync pool is drained first (up to
         ``timeout`` seconds); jobs that could not run are logged by id."""
-        self._closed = True
+        # Jobs enqueued by running jobs while the pool drains are still taken (and drained).
         self._adapter.close(wait=wait, timeout=timeout)
+        self._closed = True
 
     def __enter__(self) -> Jobs:
         return self

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -129,6 +130,7 @@ def test_inline_aperform_later_runs_in_the_callers_loop_and_propagates() -> None
 def test_pool_runs_higher_priority_first_and_honours_concurrency() -> None:
     order: list[int] = []
     gate = threading.Event()
+    gate_started = threading.Event()
     active = 0
     peak = 0
     lock = threading.Lock()
@@ -140,6 +142,7 @@ def test_pool_runs_higher_priority_first_and_honours_concurrency() -> None:
                 active += 1
                 peak = max(peak, active)
             if args.x == -1:
+                gate_started.set()
                 gate.wait(5)
             with lock:
                 order.append(args.x)
@@ -148,7 +151,7 @@ def test_pool_runs_higher_priority_first_and_honours_concurrency() -> None:
     jobs = app("BackgroundAsync", concurrency=1)
     jobs.register(Probe)
     Probe.perform_later({"x": -1})  # occupies the single slot until the gate opens
-    time.sleep(0.05)
+    assert gate_started.wait(5)
     for x, priority in [(1, 0), (2, 5), (3, 9), (4, 5)]:
         Probe.perform_later({"x": x}, priority=priority)
     gate.set()
@@ -268,3 +271,109 @@ def test_jobs_that_cannot_run_before_exit_are_logged_not_dropped() -> None:
     job_id = out.stdout.split()[1]
     assert "ran" not in out.stdout
     assert f"job {job_id}" in out.stderr and "was not run" in out.stderr
+
+
+def test_a_job_raising_system_exit_is_logged_and_the_pool_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    ran: list[int] = []
+
+    class Exits(Worker[A]):
+        def perform(self, args: A) -> None:
+            if args.x < 2:
+                raise SystemExit(3)
+            ran.append(args.x)
+
+    jobs = app("BackgroundAsync", concurrency=2)
+    jobs.register(Exits)
+    with caplog.at_level(logging.ERROR):
+        for x in range(6):
+            Exits.perform_later({"x": x})
+        jobs.shutdown(wait=True, timeout=10)
+    assert sorted(ran) == [2, 3, 4, 5]
+    assert sum("failed" in r.getMessage() for r in caplog.records) == 2
+
+
+def test_jobs_enqueued_by_running_jobs_during_shutdown_are_run() -> None:
+    ran: list[str] = []
+
+    class Child(Worker[A]):
+        def perform(self, args: A) -> None:
+            ran.append(f"child{args.x}")
+
+    class Parent(Worker[A]):
+        def perform(self, args: A) -> None:
+            time.sleep(0.05)
+            Child.perform_later({"x": args.x})
+            ran.append(f"parent{args.x}")
+
+    jobs = app("BackgroundAsync", concurrency=2)
+    jobs.register(Child)
+    jobs.register(Parent)
+    for x in range(3):
+        Parent.perform_later({"x": x})
+    jobs.shutdown(wait=True, timeout=10)
+    assert sorted(ran) == ["child0", "child1", "child2", "parent0", "parent1", "parent2"]
+    with pytest.raises(ShutdownError):
+        Child.perform_later({"x": 9})
+
+
+def test_the_exit_drain_runs_jobs_that_use_thread_pools() -> None:
+    script = textwrap.dedent(
+        """
+        import asyncio, sys
+        from concurrent.futures import ThreadPoolExecutor
+        from pydantic import BaseModel
+        from unified_jobs import Config, Jobs, Worker
+
+        class A(BaseModel):
+            x: int
+
+        class UsesThreads(Worker[A]):
+            async def perform(self, args):
+                await asyncio.to_thread(sys.stdout.write, f"to_thread {args.x}\\n")
+                with ThreadPoolExecutor(1) as ex:
+                    ex.submit(sys.stdout.write, f"executor {args.x}\\n").result()
+
+        jobs = Jobs(Config.from_dict({"workers": {"mode": "BackgroundAsync", "concurrency": 2}}))
+        jobs.register(UsesThreads)
+        for x in range(6):
+            UsesThreads.perform_later({"x": x})
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(int(n) for n in re.findall(r"executor (\d+)", out.stdout)) == list(range(6)), out.stderr
+    assert "failed" not in out.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_runs_its_own_jobs() -> None:
+    script = textwrap.dedent(
+        """
+        import os, sys
+        from pydantic import BaseModel
+        from unified_jobs import Config, Jobs, Worker
+
+        class A(BaseModel):
+            who: str
+
+        class Say(Worker[A]):
+            def perform(self, args):
+                sys.stdout.write(f"{args.who} ran in {os.getpid()}\\n")
+                sys.stdout.flush()
+
+        jobs = Jobs(Config.from_dict({"workers": {"mode": "BackgroundAsync"}}))
+        jobs.register(Say)
+        Say.perform_later({"who": "parent-warmup"})  # the pool's threads exist before the fork
+        pid = os.fork()
+        if pid == 0:
+            Say.perform_later({"who": "child"})
+            jobs.shutdown(wait=True, timeout=10)
+            os._exit(0)
+        os.waitpid(pid, 0)
+        jobs.shutdown(wait=True, timeout=10)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "child ran in" in out.stdout, out.stdout + out.stderr
+    assert "was not run" not in out.stderr

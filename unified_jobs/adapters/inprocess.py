@@ -4,9 +4,12 @@
 the thread; an ``async def perform`` runs on one event loop the pool owns (the thread waits
 for it, so ``concurrency`` bounds both kinds together). Delayed jobs wait in a heap until due.
 
-Unlike Loco's spawn-and-forget, nothing is dropped silently: ``close`` drains, and at
-interpreter exit the pool drains for ``workers.shutdown_timeout`` seconds; every job that
-could still not run is logged at ERROR with its id, worker and arguments.
+Unlike Loco's spawn-and-forget, nothing is dropped silently: ``close`` drains (jobs that the
+running jobs enqueue meanwhile are taken and run too), and at interpreter exit the pool drains
+for ``workers.shutdown_timeout`` seconds, before the interpreter stops other thread pools. Every
+job that could still not run is logged at ERROR with its id, worker and arguments.
+A forked child process starts with an empty pool of its own (the parent's jobs stay the
+parent's).
 """
 
 from __future__ import annotations
@@ -17,8 +20,10 @@ import heapq
 import inspect
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, ClassVar
 
 from unified_jobs.adapters.base import Adapter
@@ -32,6 +37,22 @@ __all__ = ["InProcessAdapter"]
 
 logger = logging.getLogger(__name__)
 
+_pools: weakref.WeakSet[InProcessAdapter] = weakref.WeakSet()
+
+
+def _drain_all_at_exit() -> None:
+    for pool in list(_pools):
+        pool.close(wait=True, timeout=pool._shutdown_timeout)
+
+
+# Run before the interpreter shuts thread pools down (concurrent.futures uses the same hook),
+# so jobs that use asyncio.to_thread or an executor still work while the pool drains.
+_register_early = getattr(threading, "_register_atexit", None)
+if _register_early is not None:
+    _register_early(_drain_all_at_exit)
+else:  # pragma: no cover - other Python implementations
+    atexit.register(_drain_all_at_exit)
+
 
 class InProcessAdapter(Adapter):
     kind: ClassVar[str] = "BackgroundAsync"
@@ -40,6 +61,13 @@ class InProcessAdapter(Adapter):
         self._jobs = jobs
         self._concurrency = concurrency
         self._shutdown_timeout = shutdown_timeout
+        self._stopped = False
+        self._reset()
+        _pools.add(self)
+
+    def _reset(self) -> None:
+        """Fresh state: at construction, and in a forked child (whose threads did not survive)."""
+        self._pid = os.getpid()
         self._cond = threading.Condition()
         self._seq = itertools.count()
         self._ready: list[tuple[int, int, Job]] = []  # (-priority, seq, job)
@@ -47,13 +75,14 @@ class InProcessAdapter(Adapter):
         self._running: dict[str, Job] = {}
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped = False
         self.completed = 0
         self.failed = 0
 
     # -- taking jobs -------------------------------------------------------------------------
 
     def enqueue(self, job: Job) -> None:
+        if self._pid != os.getpid():
+            self._reset()
         with self._cond:
             if self._stopped:
                 raise ShutdownError(f"the BackgroundAsync pool is shut down; job {job.id} was not taken")
@@ -76,7 +105,6 @@ class InProcessAdapter(Adapter):
             t = threading.Thread(target=self._work, name=f"unified-jobs-worker-{n}", daemon=True)
             t.start()
             self._threads.append(t)
-        atexit.register(self._at_exit)
 
     # -- running jobs ------------------------------------------------------------------------
 
@@ -97,14 +125,17 @@ class InProcessAdapter(Adapter):
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
-            ok = self._run(job)
-            with self._cond:
-                del self._running[job.id]
-                if ok:
-                    self.completed += 1
-                else:
-                    self.failed += 1
-                self._cond.notify_all()
+            ok = False
+            try:
+                ok = self._run(job)
+            finally:  # even SystemExit from a job leaves the pool's books right
+                with self._cond:
+                    self._running.pop(job.id, None)
+                    if ok:
+                        self.completed += 1
+                    else:
+                        self.failed += 1
+                    self._cond.notify_all()
 
     def _run(self, job: Job) -> bool:
         try:
@@ -112,7 +143,7 @@ class InProcessAdapter(Adapter):
             if inspect.iscoroutine(result):
                 assert self._loop is not None
                 asyncio.run_coroutine_threadsafe(result, self._loop).result()
-        except Exception:
+        except BaseException:  # a job's SystemExit or KeyboardInterrupt must not kill a pool thread
             logger.exception("job %s (%s) failed", job.id, job.name)
             return False
         return True
@@ -148,10 +179,6 @@ class InProcessAdapter(Adapter):
             logger.error("job %s (%s) was still running at shutdown and may not finish", job.id, job.name)
         if self._loop is not None and not still_running:
             self._loop.call_soon_threadsafe(self._loop.stop)
-        atexit.unregister(self._at_exit)
-
-    def _at_exit(self) -> None:
-        self.close(wait=True, timeout=self._shutdown_timeout)
 
     def describe(self) -> dict[str, str]:
         return {"mode": self.kind, "concurrency": str(self._concurrency)}
