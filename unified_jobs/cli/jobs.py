@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import asdict
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -117,7 +118,8 @@ def _progress(description: str, total: int) -> Iterator[Progress]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    console = Console(stderr=True)
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n: bar.advance(task, n)
 
@@ -184,23 +186,8 @@ def list_jobs(
     if output == "json":
         data: dict[str, Any] = {"kind": queue.kind, "counts": counts.by_queue, "delayed": counts.delayed}
         if jobs:
-            data["jobs"] = [
-                {
-                    "id": r.id,
-                    "task_id": r.task_id,
-                    "worker": r.worker,
-                    "queue": r.queue,
-                    "status": r.status,
-                    "priority": r.priority,
-                    "run_at": r.run_at.isoformat(),
-                    "attempts": r.attempts,
-                    "last_error": r.last_error,
-                    "created_at": r.created_at.isoformat(),
-                    "updated_at": r.updated_at.isoformat(),
-                }
-                for r in rows
-            ]
-        click.echo(json.dumps(data, indent=2))
+            data["jobs"] = [asdict(r) for r in rows]
+        click.echo(json.dumps(data, indent=2, default=datetime.isoformat))
         return
     _counts_table(queue, counts, status or list(STATUSES))
     if jobs:
