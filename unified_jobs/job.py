@@ -50,6 +50,8 @@ class Job:
     priority: int | None = None
     run_at: datetime | None = None
     enqueued_at: datetime = field(default_factory=utcnow)
+    #: Adapter-specific JSON object (an adopted Celery task's callbacks and chain).
+    extra_json: str = "{}"
 
     def handle(self) -> JobHandle:
         return JobHandle(self.id, self.name, self.queue, self.run_at, self.priority)

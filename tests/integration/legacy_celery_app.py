@@ -20,11 +20,10 @@ app.conf.task_routes = {"legacy.add": {"queue": "math"}}
 app.conf.task_time_limit = 30
 app.conf.task_default_queue = "legacy-default"
 
-RECORD = Path(os.environ.get("UJ_LEGACY_RECORD", "/tmp/unified-jobs-legacy.jsonl"))
-
 
 def _record(**fields: object) -> None:
-    with RECORD.open("a", encoding="utf-8") as f:
+    record = Path(os.environ.get("UJ_LEGACY_RECORD", "/tmp/unified-jobs-legacy.jsonl"))
+    with record.open("a", encoding="utf-8") as f:
         f.write(json.dumps(fields) + "\n")
 
 
@@ -44,6 +43,26 @@ def whoami(self: object) -> str:
     task_id: str = self.request.id  # type: ignore[attr-defined]
     _record(task="whoami", id=task_id)
     return task_id
+
+
+@app.task(name="legacy.notify")
+def notify(result: int, label: str = "") -> None:
+    _record(task="notify", result=result, label=label)
+
+
+@app.task(name="legacy.on_error")
+def on_error(request: object, exc: object, traceback: object) -> None:
+    _record(task="on_error", error=str(exc))
+
+
+class DatabaseTask(app.Task):  # type: ignore[name-defined,misc]  # Celery's documented custom base pattern
+    abstract = True
+
+
+@app.task(name="legacy.with_base", base=DatabaseTask)
+def with_base(x: int) -> int:
+    _record(task="with_base", x=x)
+    return x
 
 
 class GreetArgs(BaseModel):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+from datetime import datetime, timedelta
 import os
 import subprocess
 import sys
@@ -59,6 +60,31 @@ def test_foreground_blocking_runs_celery_tasks_inline_with_json_and_errors(
         legacy.add.delay(object(), 1)
     legacy.Greet.perform_later({"name": "ada"})
     assert read_records(record)[-1] == {"task": "greet", "name": "ada", "pid": os.getpid()}
+
+
+@pytest.mark.parametrize("mode", ["ForegroundBlocking", "BackgroundAsync"])
+def test_chains_callbacks_custom_bases_and_naive_etas_follow_the_mode(
+    monkeypatch: pytest.MonkeyPatch, record: Path, mode: str
+) -> None:
+    from celery import chain
+
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": mode}})
+    chain(legacy.add.s(1, 2), legacy.notify.s(label="chained")).delay()
+    legacy.add.apply_async((5, 5), link=legacy.notify.s(label="linked"))
+    if mode == "BackgroundAsync":
+        legacy.boom.apply_async(("kaput",), link_error=legacy.on_error.s())
+    legacy.with_base.delay(7)
+    legacy.add.apply_async((10, 10), eta=datetime.utcnow() + timedelta(seconds=0.3))  # naive: UTC
+    if mode == "ForegroundBlocking":
+        with pytest.raises(ValueError, match="kaput"):
+            legacy.boom.apply_async(("kaput",), link_error=legacy.on_error.s())
+    legacy.jobs.shutdown(wait=True, timeout=10)
+    got = read_records(record)
+    assert {"task": "notify", "result": 3, "label": "chained"} in got
+    assert {"task": "notify", "result": 10, "label": "linked"} in got
+    assert {"task": "on_error", "error": "kaput"} in got
+    assert {"task": "with_base", "x": 7} in got
+    assert any(r.get("task") == "add" and r.get("x") == 10 for r in got)
 
 
 def test_background_async_runs_celery_tasks_in_the_pool(

@@ -243,13 +243,13 @@ def test_tag_selects_the_queues_of_tagged_workers(setup: tuple[Path, dict[str, s
 def test_higher_priority_runs_first(setup: tuple[Path, dict[str, str]], workers: Any) -> None:
     record, env = setup
     jobs = create_app(config(), str(record))
-    for n, priority in [(1, 0), (2, 9), (3, 5)]:
+    for n, priority in [(1, None), (2, 9), (3, 5), (4, 0)]:
         Echo.perform_later({"n": n}, priority=priority)
     worker = workers(
         env, "--concurrency", "1", "--", "--prefetch-multiplier", "1", "--without-mingle", "--without-gossip"
     )
-    assert wait_until(lambda: len(read_records(record)) >= 3, timeout=30), worker.output()[-2000:]
-    assert [r["args"]["n"] for r in read_records(record)] == [2, 3, 1]
+    assert wait_until(lambda: len(read_records(record)) >= 4, timeout=30), worker.output()[-2000:]
+    assert [r["args"]["n"] for r in read_records(record)] == [2, 3, 1, 4]  # no priority = 0
     jobs.shutdown()
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import weakref
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from celery import Celery
+from celery import Celery, signature
 from celery.app.task import Task
 from celery.exceptions import Reject
 from celery.result import AsyncResult, EagerResult
@@ -29,6 +30,7 @@ from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
 from unified_jobs.config import QueueConfig
+from unified_jobs.errors import EnqueueError
 from unified_jobs.job import Job, new_job_id, utcnow
 
 if TYPE_CHECKING:
@@ -201,45 +203,56 @@ class CeleryBridge:
     # -- the app's own tasks follow the mode ---------------------------------------------------
 
     def run_task(self, job: Job) -> Callable[[], Any] | None:
-        """How ``Jobs.prepare`` runs a job of a plain Celery task (None: no such task)."""
+        """How ``Jobs.prepare`` runs a job of a plain Celery task (None: no such task).
+
+        The task runs through Celery's eager tracer (``task.apply``), so ``link`` and
+        ``link_error`` callbacks fire, and a chain goes on with the next task; both are
+        enqueued with ``apply_async``, so they follow the mode too.
+        """
         task = self.app.tasks.get(job.name)
         if task is None:
             return None
         args = json.loads(job.args_json)
         kwargs = json.loads(job.kwargs_json)
-        return lambda: task.apply(args=args, kwargs=kwargs, task_id=job.id, throw=True).get()
+        canvas = json.loads(job.extra_json)
+
+        def run() -> Any:
+            # throw=False so that Celery's tracer calls the errbacks; .get() then re-raises.
+            value = task.apply(
+                args=args,
+                kwargs=kwargs,
+                task_id=job.id,
+                throw=False,
+                link=canvas.get("link"),
+                link_error=canvas.get("link_error"),
+            ).get()
+            rest = canvas.get("chain")
+            if rest:
+                signature(rest[-1], app=self.app).apply_async((value,), chain=rest[:-1] or None)
+            return value
+
+        return run
 
     def _route_task_calls_through_the_mode(self) -> None:
-        """Patch ``apply_async`` on this app's own Task base class (not Celery's global one)."""
-        bridge = self
-        base = self.app.Task
-        original = base.apply_async
-
-        def apply_async(
-            task: Task,
-            args: Any = None,
-            kwargs: Any = None,
-            task_id: str | None = None,
-            *rest: Any,
-            **options: Any,
-        ) -> Any:
-            adapter = bridge.jobs.adapter
-            if getattr(adapter, "publishes_to_celery", False) or task.name.startswith("celery."):
-                return original(task, args, kwargs, task_id, *rest, **options)
-            job = bridge._job_for_call(task, args, kwargs, task_id, options)
-            value = adapter.enqueue(job)
-            if adapter.kind == "ForegroundBlocking":
-                return EagerResult(job.id, value, "SUCCESS", name=task.name)
-            return AsyncResult(job.id, app=bridge.app, task_name=task.name)
-
-        base.apply_async = apply_async
+        """Make this app's tasks' ``apply_async`` follow the mode (see ``_apply_async``)."""
+        _bridges[self.app] = self
+        if Task.apply_async is not _apply_async:
+            Task.apply_async = _apply_async
 
     def _job_for_call(
         self, task: Task, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
     ) -> Job:
+        canvas = {key: options[key] for key in _CANVAS_OPTIONS if options.get(key)}
+        unsupported = sorted(key for key in ("chord", "group_id") if options.get(key))
+        if unsupported:
+            raise EnqueueError(
+                f"{task.name}: {', '.join(unsupported)} needs a result backend and a real queue; "
+                f"it is not supported in {self.jobs.mode} mode (use BackgroundQueue)"
+            )
         try:
             args_json = json.dumps(list(args or ()))
             kwargs_json = json.dumps(dict(kwargs or {}))
+            extra_json = json.dumps(canvas)
         except (TypeError, ValueError) as exc:  # what publishing with the json serializer raises
             raise EncodeError(f"arguments of {task.name} are not JSON serializable: {exc}") from exc
         run_at = options.get("eta")
@@ -248,6 +261,8 @@ class CeleryBridge:
             run_at = utcnow() + timedelta(seconds=float(countdown))
         elif isinstance(run_at, str):
             run_at = datetime.fromisoformat(run_at)
+        if isinstance(run_at, datetime) and run_at.tzinfo is None:
+            run_at = run_at.replace(tzinfo=timezone.utc)  # Celery reads a naive eta as UTC
         queue = options.get("queue")
         if queue is not None and not isinstance(queue, str):
             queue = getattr(queue, "name", str(queue))
@@ -257,8 +272,34 @@ class CeleryBridge:
             queue=queue or self._routes.get(task.name, {}).get("queue") or self.default_queue,
             args_json=args_json,
             kwargs_json=kwargs_json,
+            extra_json=extra_json,
             run_at=run_at,
         )
+
+
+_CANVAS_OPTIONS = ("link", "link_error", "chain")
+
+#: The bridge of each adopted (or created) Celery app, for the patched ``Task.apply_async``.
+_bridges: weakref.WeakKeyDictionary[Celery, CeleryBridge] = weakref.WeakKeyDictionary()
+_original_apply_async = Task.apply_async
+
+
+def _apply_async(
+    task: Task, args: Any = None, kwargs: Any = None, task_id: str | None = None, *rest: Any, **options: Any
+) -> Any:
+    """``Task.apply_async`` for every task class (custom ``base=`` classes too): a task of an app
+    that a ``Jobs`` adopted follows that app's mode; any other task is untouched."""
+    bridge = _bridges.get(task._get_app())
+    if bridge is None or task.name.startswith("celery."):
+        return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
+    adapter = bridge.jobs.adapter
+    if getattr(adapter, "publishes_to_celery", False):
+        return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
+    job = bridge._job_for_call(task, args, kwargs, task_id, options)
+    value = adapter.enqueue(job)
+    if adapter.kind == "ForegroundBlocking":
+        return EagerResult(job.id, value, "SUCCESS", name=task.name)
+    return AsyncResult(job.id, app=bridge.app, task_name=task.name)
 
 
 def _queues_in_routes(routes: Any) -> list[str]:

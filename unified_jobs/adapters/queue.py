@@ -51,10 +51,10 @@ class CeleryQueueAdapter(Adapter):
             raise self._error(f"{len(jobs)} jobs", exc) from None
 
     def _publish(self, job: Job, producer: Any = None) -> None:
-        options: dict[str, Any] = {}
-        if job.priority is not None:
-            # Ours: 0-9, higher first. kombu's Redis transport serves 0 first; the SQL one 9 first.
-            options["priority"] = 9 - job.priority if self._redis else job.priority
+        # Ours: 0-9, higher first, default 0. kombu's Redis transport serves 0 first (and puts a
+        # message without a priority there), so every Redis message gets its inverted priority.
+        priority = job.priority or 0
+        options: dict[str, Any] = {"priority": 9 - priority if self._redis else priority}
         worker_cls = self._workers.get(job.name)
         if worker_cls is not None and worker_cls.tags:
             # Celery keeps custom headers in the message; the job's tags survive a dump/import.
