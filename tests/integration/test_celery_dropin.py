@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
-from datetime import datetime, timedelta
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 from typing import Any
