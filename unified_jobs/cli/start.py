@@ -39,7 +39,8 @@ logger = logging.getLogger(__name__)
     "tags",
     multiple=True,
     metavar="TAG",
-    help="Consume the queues of the workers with this tag (repeatable).",
+    help="Consume the queues of the workers with this tag (repeatable). Tags select queues: "
+    "give tagged workers their own queue.",
 )
 @click.option(
     "--concurrency",
@@ -127,6 +128,15 @@ def select_queues(jobs: Jobs, queues: tuple[str, ...], tags: tuple[str, ...]) ->
                 f"no registered worker has tag {', '.join(tags)} (tags in use: {', '.join(known) or 'none'})"
             )
         queues = (*queues, *(w.queue for w in tagged))
+        # A worker process consumes queues, not workers: say who else it will run.
+        others = sorted(w.name for w in jobs.workers.values() if w not in tagged and w.queue in queues)
+        if others:
+            click.echo(
+                f"note: --tag {', '.join(tags)} consumes queue(s) {', '.join(dict.fromkeys(queues))}, which "
+                f"untagged workers use too; this process runs their jobs as well: {', '.join(others)}. "
+                "Give tagged workers a queue of their own to keep them apart.",
+                err=True,
+            )
     if not queues:
         return jobs.celery_bridge().worker_queues()
     return list(dict.fromkeys(queues))
