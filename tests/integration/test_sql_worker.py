@@ -29,7 +29,12 @@ def test_sigkill_of_the_whole_worker_loses_no_job(sqlq: SqlQueue) -> None:
         producer.send_task("sqlt.record", args=(job, 2.0))
 
     first = sqlq.start_worker("first", concurrency=2)
-    wait_for(lambda: len(sqlq.events("done")) >= 4, 40, "4 jobs done by the first worker")
+
+    def mid_job() -> bool:  # some done, and one started but not done: the kill interrupts it
+        done = {job for job, _, _ in sqlq.events("done")}
+        return len(done) >= 4 and any(job not in done for job, _, _ in sqlq.events("start"))
+
+    wait_for(mid_job, 40, "4 jobs done by the first worker and another one running")
     first.kill()  # main process and pool children, mid-job
     killed_at = time.time()
     done_before = sqlq.done_counts()
