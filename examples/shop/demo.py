@@ -55,7 +55,8 @@ def start_worker(env: dict[str, str], concurrency: int) -> subprocess.Popen[byte
         "--without-mingle",
         "--without-gossip",
     ]
-    return subprocess.Popen(argv, cwd=EXAMPLES, env=env, start_new_session=True)
+    # The worker's banner would scroll the progress bars away; its warnings still show (stderr).
+    return subprocess.Popen(argv, cwd=EXAMPLES, env=env, start_new_session=True, stdout=subprocess.DEVNULL)
 
 
 def main() -> None:
