@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Literal
 
-__all__ = ["Job", "JobHandle", "new_job_id", "utcnow"]
+__all__ = ["Job", "JobHandle", "JobStatus", "StatusBook", "new_job_id", "utcnow"]
+
+#: A job's state, with Loco's names.
+JobStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 
 
 def utcnow() -> datetime:
@@ -55,3 +61,23 @@ class Job:
 
     def handle(self) -> JobHandle:
         return JobHandle(self.id, self.name, self.queue, self.run_at, self.priority)
+
+
+class StatusBook:
+    """The last ``size`` jobs' statuses, for adapters that keep no job store of their own."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._statuses: OrderedDict[str, JobStatus] = OrderedDict()
+
+    def set(self, job_id: str, status: JobStatus) -> None:
+        with self._lock:
+            self._statuses[job_id] = status
+            self._statuses.move_to_end(job_id)
+            while len(self._statuses) > self._size:
+                self._statuses.popitem(last=False)
+
+    def get(self, job_id: str) -> JobStatus | None:
+        with self._lock:
+            return self._statuses.get(job_id)

@@ -23,7 +23,7 @@ from unified_jobs.errors import (
     NotRegisteredError,
     ShutdownError,
 )
-from unified_jobs.job import Job, JobHandle, new_job_id, utcnow
+from unified_jobs.job import Job, JobHandle, JobStatus, new_job_id, utcnow
 from unified_jobs.worker import Worker
 
 if TYPE_CHECKING:
@@ -252,6 +252,14 @@ class Jobs:
                 f"priority= takes an int from 0 to {MAX_PRIORITY} (higher runs first), got {priority!r}"
             )
         return priority
+
+    def status(self, job: JobHandle | str) -> JobStatus | None:
+        """A job's status: ``queued``, ``processing``, ``completed``, ``failed`` or ``cancelled``.
+
+        ``None`` when the mode keeps no record of it: Redis (no job store; use a Celery result
+        backend), or a job the in-process modes have forgotten (they remember the last 10,000).
+        """
+        return self._adapter.status(job.id if isinstance(job, JobHandle) else job)
 
     # -- running (used by every adapter) -----------------------------------------------------
 

@@ -6,7 +6,7 @@ import asyncio
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from unified_jobs.job import Job
+from unified_jobs.job import Job, JobStatus
 
 if TYPE_CHECKING:
     from unified_jobs.worker import Worker
@@ -46,6 +46,10 @@ class Adapter(ABC):
 
     def on_register(self, worker_cls: type[Worker[Any]]) -> None:  # noqa: B027 - optional hook
         """Called for each worker registered with the app."""
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """The job's status, or ``None`` where this adapter keeps no record of it."""
+        return None
 
     @abstractmethod
     def close(self, wait: bool = True, timeout: float | None = None) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.errors import ShutdownError
-from unified_jobs.job import Job, utcnow
+from unified_jobs.job import Job, JobStatus, StatusBook, utcnow
 
 if TYPE_CHECKING:
     from unified_jobs.jobs import Jobs
@@ -73,6 +73,7 @@ class InProcessAdapter(Adapter):
         self._ready: list[tuple[int, int, Job]] = []  # (-priority, seq, job)
         self._delayed: list[tuple[float, int, Job]] = []  # (monotonic due, seq, job)
         self._running: dict[str, Job] = {}
+        self._statuses = StatusBook()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.completed = 0
@@ -90,6 +91,7 @@ class InProcessAdapter(Adapter):
                 self._start()
             delay = (job.run_at - utcnow()).total_seconds() if job.run_at else 0.0
             seq = next(self._seq)
+            self._statuses.set(job.id, "queued")
             if delay > 0:
                 heapq.heappush(self._delayed, (time.monotonic() + delay, seq, job))
             else:
@@ -120,6 +122,7 @@ class InProcessAdapter(Adapter):
                 if self._ready:
                     job = heapq.heappop(self._ready)[2]
                     self._running[job.id] = job
+                    self._statuses.set(job.id, "processing")
                     return job
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
 
@@ -131,6 +134,7 @@ class InProcessAdapter(Adapter):
             finally:  # even SystemExit from a job leaves the pool's books right
                 with self._cond:
                     self._running.pop(job.id, None)
+                    self._statuses.set(job.id, "completed" if ok else "failed")
                     if ok:
                         self.completed += 1
                     else:
@@ -167,6 +171,7 @@ class InProcessAdapter(Adapter):
             self._delayed.clear()
             self._cond.notify_all()
         for job in not_run:
+            self._statuses.set(job.id, "cancelled")
             logger.error(
                 "job %s (%s) was not run: the app shut down first; queue=%s run_at=%s args=%s",
                 job.id,
@@ -179,6 +184,9 @@ class InProcessAdapter(Adapter):
             logger.error("job %s (%s) was still running at shutdown and may not finish", job.id, job.name)
         if self._loop is not None and not still_running:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def status(self, job_id: str) -> JobStatus | None:
+        return self._statuses.get(job_id)
 
     def describe(self) -> dict[str, str]:
         return {"mode": self.kind, "concurrency": str(self._concurrency)}

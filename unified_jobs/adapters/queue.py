@@ -4,16 +4,17 @@ SQLite, and run in worker processes (``unified-jobs start --worker`` or ``celery
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from kombu.exceptions import OperationalError
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.errors import EnqueueError
-from unified_jobs.job import Job
+from unified_jobs.job import Job, JobStatus
 
 if TYPE_CHECKING:
+    from unified_jobs.adapters.sql.store import JobStore
     from unified_jobs.jobs import Jobs
 
 __all__ = ["TAGS_HEADER", "CeleryQueueAdapter"]
@@ -33,6 +34,7 @@ class CeleryQueueAdapter(Adapter):
         self._bridge = jobs.celery_bridge()
         self._redis = self._queue.kind == "Redis"
         self._workers = jobs.workers  # a live view: workers registered later count too
+        self._store: JobStore | None = None
 
     def enqueue(self, job: Job) -> None:
         try:
@@ -75,6 +77,16 @@ class CeleryQueueAdapter(Adapter):
             f"could not enqueue {what} on {self._queue.kind} at {mask_uri(self._queue.uri)}: {exc}; "
             "is it running and reachable? Nothing was enqueued."
         )
+
+    def status(self, job_id: str) -> JobStatus | None:
+        """From the job store on the SQL kinds; Redis keeps none (use a Celery result backend)."""
+        if self._redis:
+            return None
+        if self._store is None:
+            from unified_jobs.adapters.sql.store import JobStore
+
+            self._store = JobStore(self._queue.uri, self._queue.table_prefix)
+        return cast("JobStatus | None", self._store.status(job_id))
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         # Nothing to drain: jobs are in the broker. kombu's producer pools are process-wide

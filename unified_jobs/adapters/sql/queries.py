@@ -192,6 +192,8 @@ class AdminQueries:
     delete_statuses: Delete
     # queue, task_name, task_id, payload, priority, run_at, created_at, now (executemany)
     insert_imported: Insert
+    # task_id -> the status of the newest row of that Celery task id
+    status_of: Select[Any]
 
 
 #: The columns ``jobs list --jobs`` shows (and ``jobs dump`` writes, with the payload).
@@ -217,6 +219,7 @@ def admin_queries_for(t: Tables) -> AdminQueries:
     c = j.c
     now: BindParameter[Any] = bindparam("now")
     return AdminQueries(
+        status_of=select(c.status).where(c.task_id == bindparam("task_id")).order_by(c.id.desc()).limit(1),
         cancel=update(j)
         .where(c.status == QUEUED, c.task_name == bindparam("worker"))
         .values(status=CANCELLED, updated_at=now),

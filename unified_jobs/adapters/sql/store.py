@@ -166,6 +166,12 @@ class JobStore:
                     out.delayed[queue] = out.delayed.get(queue, 0) + int(delayed)
         return out
 
+    def status(self, task_id: str) -> str | None:
+        """The status of the job with this id (the Celery task id), or ``None`` if unknown."""
+        with self._ready().begin() as conn:
+            value = conn.execute(self.admin.status_of, {"task_id": task_id}).scalar()
+        return None if value is None else str(value)
+
     def recent(
         self, statuses: Sequence[str] | None = None, worker: str | None = None, limit: int = 50
     ) -> list[JobRow]:
