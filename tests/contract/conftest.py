@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,8 @@ class Harness:
     backend: str
     jobs: Jobs
     record: Path
-    config: dict[str, Any]
     #: Jobs have run by the time perform_later returns.
     inline: bool = False
-    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     def records(self) -> list[dict[str, Any]]:
         text = self.record.read_text(encoding="utf-8")
@@ -146,8 +144,5 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     else:
         record = tmp_path / "record.jsonl"
     jobs = contract_app.create_app(config, str(record))
-    h = Harness(backend, jobs, record, config, inline=backend == "inline")
-    yield h
+    yield Harness(backend, jobs, record, inline=backend == "inline")
     jobs.shutdown(wait=True, timeout=10)
-    for cleanup in reversed(h.cleanups):
-        cleanup()

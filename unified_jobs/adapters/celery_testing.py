@@ -31,8 +31,10 @@ class RunningWorker:
     ``JobFailedInWorker`` (with the job's exception as its cause) if it failed.
     """
 
-    def __init__(self, jobs: Jobs) -> None:
+    def __init__(self, jobs: Jobs, queues: list[str]) -> None:
         self.jobs = jobs
+        #: The queues the worker consumes.
+        self.queues = queues
         self._cond = threading.Condition()
         self._states: dict[str, tuple[str, BaseException | None]] = {}
 
@@ -82,8 +84,6 @@ class RunningWorker:
         for handle in handles:
             self.wait(handle, timeout=max(0.0, deadline - time.monotonic()))
 
-    queues: list[str] = []
-
 
 @contextmanager
 def run_worker(
@@ -100,8 +100,7 @@ def run_worker(
             f"run_worker needs an app in BackgroundQueue mode (a real queue); this one is {jobs.mode}. "
             "Use a config with workers.mode: BackgroundQueue, or test inline with the inline_jobs fixture"
         )
-    running = RunningWorker(jobs)
-    running.queues = queues or jobs.celery_bridge().worker_queues()
+    running = RunningWorker(jobs, queues or jobs.celery_bridge().worker_queues())
     signals.task_postrun.connect(running._on_postrun, weak=False)
     signals.task_failure.connect(running._on_failure, weak=False)
     try:

@@ -123,18 +123,7 @@ def queries_for(t: Tables, dialect: str) -> Queries:
     expired = (c.status == PROCESSING) & (c.lease_expires_at < now)
 
     return Queries(
-        enqueue=insert(j).values(
-            queue=bindparam("queue"),
-            task_name=bindparam("task_name"),
-            task_id=bindparam("task_id"),
-            payload=bindparam("payload"),
-            status=QUEUED,
-            priority=bindparam("priority"),
-            run_at=bindparam("run_at"),
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-        ),
+        enqueue=_insert_queued(t, created_at=now),
         claim=claim,
         next_due=select(func.min(c.run_at)).where(queued_in),
         complete=update(j).where(mine).values(status=COMPLETED, updated_at=now, **cleared),
@@ -238,18 +227,23 @@ def admin_queries_for(t: Tables) -> AdminQueries:
             last_error=bindparam("error") + func.coalesce(c.lease_owner, "nobody"),
         ),
         delete_statuses=delete(j).where(c.status.in_(bindparam("statuses", expanding=True))),
-        insert_imported=insert(j).values(
-            queue=bindparam("queue"),
-            task_name=bindparam("task_name"),
-            task_id=bindparam("task_id"),
-            payload=bindparam("payload"),
-            status=QUEUED,
-            priority=bindparam("priority"),
-            run_at=bindparam("run_at"),
-            attempts=0,
-            created_at=bindparam("created_at"),
-            updated_at=now,
-        ),
+        insert_imported=_insert_queued(t, created_at=bindparam("created_at")),
+    )
+
+
+def _insert_queued(t: Tables, created_at: Any) -> Insert:
+    """A new queued row: queue, task_name, task_id, payload, priority, run_at, now (+ created_at)."""
+    return insert(t.jobs).values(
+        queue=bindparam("queue"),
+        task_name=bindparam("task_name"),
+        task_id=bindparam("task_id"),
+        payload=bindparam("payload"),
+        status=QUEUED,
+        priority=bindparam("priority"),
+        run_at=bindparam("run_at"),
+        attempts=0,
+        created_at=created_at,
+        updated_at=bindparam("now"),
     )
 
 
