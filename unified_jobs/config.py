@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from unified_jobs.core.retry import Retry
 from unified_jobs.errors import ConfigError
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "Kind",
     "Mode",
     "QueueConfig",
+    "RetryConfig",
     "ServerConfig",
     "WorkersConfig",
     "load_config",
@@ -40,6 +42,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class RetryConfig(_Strict):
+    """``workers.retry``: the app-wide ``Retry`` (times in seconds)."""
+
+    max_attempts: int = Field(default=3, ge=1, le=1000)
+    wait: float = Field(default=1.0, ge=0)
+    backoff: float = Field(default=2.0, ge=1)
+    max_wait: float = Field(default=3600.0, ge=0)
+    jitter: bool = True
+
+    def policy(self) -> Retry:
+        return Retry(**self.model_dump())
+
+
 class WorkersConfig(_Strict):
     """The ``workers:`` section."""
 
@@ -48,6 +63,17 @@ class WorkersConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=1024)
     #: Seconds the BackgroundAsync pool waits for queued jobs at interpreter exit.
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    #: A job whose worker process dies (OOM, SIGKILL, ``os._exit``) is delivered at most this
+    #: many times, then failed with ``WorkerLost``.
+    max_deliveries: int = Field(default=3, ge=1, le=1000)
+    #: The retry policy of Workers that have no ``retry`` of their own (default: none).
+    retry: RetryConfig | None = None
+    #: Seconds a completed job's record is kept (Redis and in-process stores); failed ones stay
+    #: until discarded.
+    keep_completed: float = Field(default=86_400.0, ge=0)
+
+    def default_retry(self) -> Retry | None:
+        return self.retry.policy() if self.retry is not None else None
 
 
 class QueueConfig(_Strict):

@@ -10,6 +10,9 @@
     │   └── MissingDependencyError  an optional dependency is missing; says which extra to install
     ├── EnqueueError                the backend could not take the job (e.g. broker down)
     ├── ShutdownError               the app was shut down and takes no more jobs
+    ├── JobError                    raised in or about a running job
+    │   ├── TimeLimitExceeded       an attempt ran past its worker's ``time_limit``
+    │   └── WorkerLost              the job's worker process died too often (``max_deliveries``)
     ├── NoRecorderError             a ``unified_jobs.testing`` helper found no recording app
     └── TooManyJobsError            ``perform_enqueued_jobs`` hit its limit (also an AssertionError)
 
@@ -25,13 +28,16 @@ __all__ = [
     "DuplicateWorkerError",
     "EnqueueError",
     "InvalidOptionError",
+    "JobError",
     "MissingDependencyError",
     "NoRecorderError",
     "NotRegisteredError",
     "ShutdownError",
+    "TimeLimitExceeded",
     "TooManyJobsError",
     "UnifiedJobsError",
     "WorkerDefinitionError",
+    "WorkerLost",
 ]
 
 
@@ -73,6 +79,18 @@ class EnqueueError(UnifiedJobsError):
 
 class ShutdownError(UnifiedJobsError):
     """The ``Jobs`` app was shut down and accepts no more jobs."""
+
+
+class JobError(UnifiedJobsError):
+    """Something that happened to a running job (it is the job's failure, not the caller's)."""
+
+
+class TimeLimitExceeded(JobError):
+    """An attempt ran longer than its worker's ``time_limit``; it counts as a failed attempt."""
+
+
+class WorkerLost(JobError):
+    """The job's worker process died (OOM, SIGKILL, ``os._exit``) on each of its deliveries."""
 
 
 class NoRecorderError(UnifiedJobsError):

@@ -3,27 +3,26 @@ each enqueued job to the adapter the config's mode picks."""
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from unified_jobs import adapters
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.config import Config, load_config
+from unified_jobs.core.executor import Executor
+from unified_jobs.core.job import Job, JobHandle, JobInfo, JobStatus, new_job_id, utcnow
 from unified_jobs.errors import (
-    BackendNotAvailableError,
     DuplicateWorkerError,
     InvalidOptionError,
     NotRegisteredError,
     ShutdownError,
 )
-from unified_jobs.job import Job, JobHandle, JobStatus, new_job_id, utcnow
 from unified_jobs.worker import Worker
 
 if TYPE_CHECKING:
@@ -55,9 +54,15 @@ class Jobs:
         self._workers: dict[str, type[Worker[Any]]] = {}
         self._closed = False
         self._bridge: CeleryBridge | None = None
+        self._executor = Executor(
+            self._workers,
+            context,
+            default_retry=config.workers.default_retry(),
+            tasks=lambda job: self._bridge.run_task(job) if self._bridge is not None else None,
+        )
         if celery_app is not None:
             self.celery_bridge()  # adopt it now, so its tasks follow the mode from the start
-        self._adapter = self._make_adapter()
+        self._adapter = adapters.build(config.workers.mode, config, self._executor, self.celery_bridge)
 
     @classmethod
     def from_config(
@@ -69,32 +74,6 @@ class Jobs:
     ) -> Jobs:
         """Load ``<config_dir>/<env>.yaml`` (env: ``$UNIFIED_JOBS_ENV``, default development)."""
         return cls(load_config(env, config_dir), context=context, celery_app=celery_app)
-
-    def _make_adapter(self) -> Adapter:
-        mode = self.config.workers.mode
-        if mode == "ForegroundBlocking":
-            from unified_jobs.adapters.inline import InlineAdapter
-
-            return InlineAdapter(self)
-        if mode == "BackgroundAsync":
-            from unified_jobs.adapters.inprocess import InProcessAdapter
-
-            return InProcessAdapter(
-                self, self.config.workers.concurrency, self.config.workers.shutdown_timeout
-            )
-        assert self.config.queue is not None  # the config guarantees it under BackgroundQueue
-        kind = self.config.queue.kind
-        factory = _QUEUE_ADAPTERS.get(kind)
-        if factory is None:
-            raise BackendNotAvailableError(
-                f"queue kind {kind} is not available yet in this version of unified_jobs; "
-                "use workers.mode BackgroundAsync or ForegroundBlocking for now"
-            )
-        module, _, attr = factory.partition(":")
-        if importlib.util.find_spec(module) is None:
-            raise BackendNotAvailableError(f"queue kind {kind} needs {module}, which is not installed")
-        adapter_cls: Callable[[Jobs], Adapter] = getattr(importlib.import_module(module), attr)
-        return adapter_cls(self)
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -240,7 +219,7 @@ class Jobs:
                     f"run_at= must be timezone-aware, got naive {run_at.isoformat()}; "
                     "use e.g. datetime.now(timezone.utc) + timedelta(...)"
                 )
-        if run_at is not None and not self._adapter.supports_delay:
+        if run_at is not None and not self._adapter.capabilities.delay:
             logger.debug("%s ignores delays: the job runs now", self._adapter.kind)
         return run_at
 
@@ -253,30 +232,41 @@ class Jobs:
             )
         return priority
 
+    # -- the job store ---------------------------------------------------------------------
+
     def status(self, job: JobHandle | str) -> JobStatus | None:
-        """A job's status: ``queued``, ``processing``, ``completed``, ``failed`` or ``cancelled``.
+        """A job's status: ``queued``, ``scheduled``, ``processing``, ``retrying``, ``completed``,
+        ``failed`` or ``cancelled``; ``None`` if the job store does not know it (never enqueued
+        here, or a completed job past ``workers.keep_completed``)."""
+        return self._adapter.status(_id_of(job))
 
-        ``None`` when the mode keeps no record of it: Redis (no job store; use a Celery result
-        backend), or a job the in-process modes have forgotten (they remember the last 10,000).
-        """
-        return self._adapter.status(job.id if isinstance(job, JobHandle) else job)
+    def job(self, job: JobHandle | str) -> JobInfo | None:
+        """Everything the job store knows of a job (``JobInfo``), or ``None``."""
+        return self._adapter.job(_id_of(job))
 
-    # -- running (used by every adapter) -----------------------------------------------------
+    def failed(self, worker: type[Worker[Any]] | str | None = None, limit: int = 100) -> list[JobInfo]:
+        """Failed jobs, newest first: of one worker (class or name) or of all."""
+        name = worker if isinstance(worker, str) or worker is None else worker.name
+        return self._adapter.store.failed(name, limit)
 
-    def prepare(self, job: Job) -> Callable[[], Any]:
-        """Validate the job's arguments and build its worker; return the call that runs it.
+    def retry(self, job: JobHandle | str) -> bool:
+        """Enqueue a failed job again (its attempts start over); False if it is not failed."""
+        return self._adapter.retry(_id_of(job))
 
-        The call returns ``perform``'s result, a coroutine for ``async def perform``.
-        Raises ``NotRegisteredError`` or ``pydantic.ValidationError`` before anything runs.
-        """
-        if job.name not in self._workers and self._bridge is not None:
-            run_task = self._bridge.run_task(job)  # a plain Celery task of an adopted app
-            if run_task is not None:
-                return run_task
-        worker_cls = self.worker(job.name)
-        args = worker_cls.args_model.model_validate_json(job.kwargs_json)
-        worker = worker_cls(self.context, job.id)
-        return lambda: worker.perform(args)
+    def discard(self, job: JobHandle | str) -> bool:
+        """Remove a failed or cancelled job from the store; False if there was none."""
+        return self._adapter.store.discard(_id_of(job))
+
+    def cancel(self, job: JobHandle | str) -> bool:
+        """Cancel a job: a waiting one never runs; a running one is told to stop (an ``async
+        def perform`` gets ``CancelledError``, a sync one sees ``self.cancelled()``).
+        False if the job is neither waiting nor running where it can be reached."""
+        return self._adapter.cancel(_id_of(job))
+
+    @property
+    def executor(self) -> Executor:
+        """The one place this app's jobs are validated, built and performed."""
+        return self._executor
 
     # -- Celery ------------------------------------------------------------------------------
 
@@ -290,7 +280,9 @@ class Jobs:
         if self._bridge is None:
             from unified_jobs.adapters.celery_app import CeleryBridge
 
-            self._bridge = CeleryBridge(self, self._celery_app)
+            self._bridge = CeleryBridge(
+                self.config, self._executor, self._celery_app, current_adapter=lambda: self._adapter
+            )
             for worker_cls in self._workers.values():
                 self._bridge.register_worker(worker_cls)
         return self._bridge
@@ -311,6 +303,10 @@ class Jobs:
         for worker_cls in self._workers.values():
             adapter.on_register(worker_cls)
         return previous
+
+    def _adapter_for(self, mode: str) -> Adapter:
+        """A fresh adapter of ``mode`` on this app's executor (for the test toolkit)."""
+        return adapters.build(mode, self.config, self._executor, self.celery_bridge)
 
     @property
     def mode(self) -> str:
@@ -336,12 +332,8 @@ class Jobs:
         return f"<Jobs mode={self.mode} workers={len(self._workers)}>"
 
 
-# BackgroundQueue kinds and the adapter class behind each; filled in as the kinds land.
-_QUEUE_ADAPTERS: dict[str, str] = {
-    "Redis": "unified_jobs.adapters.queue:CeleryQueueAdapter",
-    "Postgres": "unified_jobs.adapters.queue:CeleryQueueAdapter",
-    "Sqlite": "unified_jobs.adapters.queue:CeleryQueueAdapter",
-}
+def _id_of(job: JobHandle | str) -> str:
+    return job.id if isinstance(job, JobHandle) else job
 
 
 def _check_queue(queue: str) -> str:

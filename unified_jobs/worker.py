@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, get_args, get
 
 from pydantic import BaseModel
 
+from unified_jobs.core.retry import Retry, seconds
 from unified_jobs.errors import NotRegisteredError, WorkerDefinitionError
 
 if TYPE_CHECKING:
-    from unified_jobs.job import JobHandle
+    from unified_jobs.core.limits import CancelToken
+    from unified_jobs.core.job import JobHandle
     from unified_jobs.jobs import Jobs
 
 __all__ = ["Args", "Worker"]
@@ -49,6 +51,11 @@ class Worker(Generic[Args]):
     name: ClassVar[str]
     #: The pydantic model of the arguments, taken from the generic parameter.
     args_model: ClassVar[type[BaseModel]]
+    #: How failed attempts are retried; ``None``: the config's ``workers.retry``, else no retry.
+    retry: ClassVar[Retry | None] = None
+    #: The longest one attempt may run (a timedelta or seconds); past it the attempt fails
+    #: with ``TimeLimitExceeded`` and is retried per ``retry``. ``None``: no limit.
+    time_limit: ClassVar[timedelta | float | None] = None
 
     # The Jobs app the class was last registered with (used by the classmethod shortcuts).
     _unified_jobs_app: ClassVar[Jobs | None] = None
@@ -58,6 +65,17 @@ class Worker(Generic[Args]):
         self.ctx = ctx
         #: The id of the job being performed (the ``JobHandle.id`` / Celery task id).
         self.job_id = job_id
+        #: Which try this is: 1 for the first, 2 for the first retry.
+        self.attempt = 1
+        self._cancel_token: CancelToken | None = None
+
+    def cancelled(self) -> bool:
+        """True once ``jobs.cancel(...)`` asked this job to stop (or its time limit passed).
+
+        A sync ``perform`` that does long work should check it and return early; an
+        ``async def perform`` is cancelled at its next ``await`` instead (``CancelledError``).
+        """
+        return self._cancel_token is not None and self._cancel_token.cancelled()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -73,6 +91,17 @@ class Worker(Generic[Args]):
         if not isinstance(cls.queue, str) or not cls.queue:
             raise WorkerDefinitionError(f"{cls.__qualname__}.queue must be a non-empty string")
         cls._unified_jobs_app = None
+        if cls.retry is not None and not isinstance(cls.retry, Retry):
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__}.retry must be a unified_jobs.Retry, e.g. retry = Retry(max_attempts=3), "
+                f"got {cls.retry!r}"
+            )
+        try:
+            limit = seconds(cls.time_limit, f"{cls.__qualname__}.time_limit")
+        except (TypeError, ValueError) as exc:
+            raise WorkerDefinitionError(str(exc)) from None
+        if limit == 0:
+            raise WorkerDefinitionError(f"{cls.__qualname__}.time_limit must be positive (or None for no limit)")
         model = _args_model_from_bases(cls)
         if model is not None:
             cls.args_model = model

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from unified_jobs import Config, Jobs, Worker
+from unified_jobs import Config, Jobs, Retry, Worker
 
 
 class Item(BaseModel):
@@ -86,7 +86,85 @@ class Mail(Worker[EchoArgs]):
         record(self.ctx, worker="mail", job=self.job_id, args=args.model_dump(mode="json"))
 
 
-WORKERS = (Echo, AsyncEcho, Fail, Sleep, Mail)
+class FlakyArgs(BaseModel):
+    fail_times: int
+
+
+class Flaky(Worker[FlakyArgs]):
+    """Fails its first ``fail_times`` attempts."""
+
+    name = "contract.Flaky"
+    retry = Retry(max_attempts=3, wait=0.3, backoff=2.0, jitter=False, retry_on=(ConnectionError,))
+
+    def perform(self, args: FlakyArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, attempt=self.attempt)
+        if self.attempt <= args.fail_times:
+            raise ConnectionError(f"attempt {self.attempt} failed on purpose")
+
+
+class FlakyTwice(Flaky):
+    name = "contract.FlakyTwice"
+    retry = Retry(max_attempts=2, wait=0.1, jitter=False)
+
+
+class FailsUntil(Worker[FlakyArgs]):
+    """Fails its first ``fail_times`` runs, counted over every retry (also ``jobs.retry``)."""
+
+    name = "contract.FailsUntil"
+    retry = Retry(max_attempts=2, wait=0.1, jitter=False)
+
+    def perform(self, args: FlakyArgs) -> None:
+        with open(self.ctx["record"], encoding="utf-8") as f:
+            runs = sum(1 for line in f if line.strip() and json.loads(line)["job"] == self.job_id)
+        record(self.ctx, worker=self.name, job=self.job_id, attempt=self.attempt)
+        if runs < args.fail_times:
+            raise ConnectionError(f"run {runs + 1} failed on purpose")
+
+
+class SlowRetry(Flaky):
+    name = "contract.SlowRetry"
+    retry = Retry(max_attempts=2, wait=3.0, jitter=False)
+
+
+class Discarding(Worker[EchoArgs]):
+    name = "contract.Discarding"
+    retry = Retry(max_attempts=5, wait=0.1, discard_on=(ValueError,))
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, attempt=self.attempt)
+        raise ValueError("this input can never work")
+
+
+class Limited(Worker[EchoArgs]):
+    name = "contract.Limited"
+    time_limit = 0.5
+    retry = Retry(max_attempts=2, wait=0.1, jitter=False)
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, attempt=self.attempt)
+        for _ in range(200):
+            time.sleep(0.05)
+        record(self.ctx, worker="limited_end", job=self.job_id)
+
+
+class Exiting(Worker[EchoArgs]):
+    name = "contract.Exiting"
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id)
+        os._exit(1)
+
+
+class LongAsync(Worker[SleepArgs]):
+    name = "contract.LongAsync"
+
+    async def perform(self, args: SleepArgs) -> None:
+        record(self.ctx, worker="long_start", job=self.job_id)
+        await asyncio.sleep(args.seconds)
+        record(self.ctx, worker="long_end", job=self.job_id)
+
+
+WORKERS = (Echo, AsyncEcho, Fail, Sleep, Mail, Flaky, FlakyTwice, FailsUntil, SlowRetry, Discarding, Limited, Exiting, LongAsync)
 
 
 def create_app(config: dict[str, Any] | None = None, record_path: str | None = None) -> Jobs:

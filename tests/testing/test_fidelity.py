@@ -63,7 +63,7 @@ def run_as_a_queue_worker(app: Jobs, args: BaseModel | dict[str, Any]) -> None:
     with recording(app) as recorder:
         Observe.perform_later(args)
     [recorded] = recorder.enqueued_jobs()
-    result = app.prepare(recorded.job)()  # what a queue's worker does with the message body
+    result = app.executor.run(recorded.job).value  # what a queue's worker does with the message body
     if inspect.iscoroutine(result):
         run_coroutine_sync(result)
 

@@ -44,7 +44,7 @@ def test_delays_are_recorded_not_waited_for(app: Jobs) -> None:
     assert first.run_at == at
     assert second.run_at is not None
     assert second.run_at - before >= timedelta(minutes=59)
-    assert RecordingAdapter.supports_delay and RecordingAdapter.supports_priority
+    assert RecordingAdapter.capabilities.delay and RecordingAdapter.capabilities.priority
 
 
 def test_invalid_args_raise_and_nothing_is_recorded(app: Jobs) -> None:

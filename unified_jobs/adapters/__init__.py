@@ -1,4 +1,42 @@
-"""Adapters: one module per mode or queue kind, all with the interface of ``base.Adapter``.
+"""Adapters: one module per mode, and the Celery package for the queue kinds, all with the
+interface of ``base.Adapter``. ``build`` is the one mode -> adapter table.
 
 This package is the only place that imports celery, kombu, redis or database drivers.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from unified_jobs.adapters.base import Adapter
+    from unified_jobs.adapters.celery_app import CeleryBridge
+    from unified_jobs.config import Config
+    from unified_jobs.core.executor import Executor
+
+__all__ = ["build"]
+
+
+def build(
+    mode: str, config: Config, executor: Executor, bridge: Callable[[], CeleryBridge] | None = None
+) -> Adapter:
+    """The adapter of ``mode``; ``bridge`` makes the Celery side (BackgroundQueue only)."""
+    keep = config.workers.keep_completed
+    if mode == "ForegroundBlocking":
+        from unified_jobs.adapters.inline import InlineAdapter
+        from unified_jobs.adapters.memory_store import MemoryJobStore
+
+        return InlineAdapter(executor, MemoryJobStore(keep))
+    if mode == "BackgroundAsync":
+        from unified_jobs.adapters.inprocess import InProcessAdapter
+        from unified_jobs.adapters.memory_store import MemoryJobStore
+
+        workers = config.workers
+        return InProcessAdapter(executor, workers.concurrency, workers.shutdown_timeout, MemoryJobStore(keep))
+    if mode == "BackgroundQueue":
+        from unified_jobs.adapters.queue import CeleryQueueAdapter
+
+        assert bridge is not None and config.queue is not None
+        return CeleryQueueAdapter(bridge(), executor)
+    raise ValueError(f"unknown mode {mode!r}")

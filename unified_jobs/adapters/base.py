@@ -1,32 +1,47 @@
-"""The small interface every adapter implements."""
+"""The Adapter port: what every mode implements. An adapter is handed the ``Executor`` (and
+its job store), never the ``Jobs`` app."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from unified_jobs.job import Job, JobStatus
+from unified_jobs.core.job import Job, JobInfo, JobStatus, new_job_id
+from unified_jobs.core.store import JobStore
 
 if TYPE_CHECKING:
     from unified_jobs.worker import Worker
 
-__all__ = ["Adapter"]
+__all__ = ["Adapter", "Capabilities"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an adapter honours; ``Jobs`` checks every job against them in one place."""
+
+    #: ``wait``/``run_at`` are honoured (else the job runs now, and Jobs says so at debug level).
+    delay: bool = True
+    #: ``priority`` orders jobs.
+    priority: bool = True
+    #: A job that is running can be asked to stop (``jobs.cancel``).
+    cancel_running: bool = True
 
 
 class Adapter(ABC):
-    """Takes jobs from ``Jobs.perform_later`` and sees that they run.
-
-    Capabilities are declared as flags; ``Jobs`` checks every job against them in one
-    place, so no adapter can forget a check.
-    """
+    """Takes jobs from ``Jobs.perform_later`` and sees that they run."""
 
     #: Human name of the mode/backend, for logs and ``doctor``.
     kind: ClassVar[str]
-    #: ``wait``/``run_at`` are honoured (else they are ignored: the job runs now).
-    supports_delay: ClassVar[bool] = True
-    #: ``priority`` orders jobs.
-    supports_priority: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities()
+    #: Where job statuses and failures are kept.
+    store: JobStore
+
+    @property
+    def supports_delay(self) -> bool:
+        return self.capabilities.delay
 
     @abstractmethod
     def enqueue(self, job: Job) -> object:
@@ -47,14 +62,34 @@ class Adapter(ABC):
     def on_register(self, worker_cls: type[Worker[Any]]) -> None:  # noqa: B027 - optional hook
         """Called for each worker registered with the app."""
 
+    # -- the job store -----------------------------------------------------------------------
+
     def status(self, job_id: str) -> JobStatus | None:
-        """The job's status, or ``None`` where this adapter keeps no record of it."""
-        return None
+        info = self.store.get(job_id)
+        return info.status if info is not None else None
+
+    def job(self, job_id: str) -> JobInfo | None:
+        return self.store.get(job_id)
+
+    def retry(self, job_id: str) -> bool:
+        """Enqueue a failed job again, attempts counted from 1; False if it is not failed."""
+        info = self.store.get(job_id)
+        if info is None or info.status != "failed":
+            return False
+        args = info.args
+        if isinstance(args, dict) and set(args) == {"args", "kwargs"}:
+            args_json, kwargs_json = json.dumps(args["args"]), json.dumps(args["kwargs"])
+        else:
+            args_json, kwargs_json = "[]", json.dumps(args)
+        self.store.discard(job_id)
+        self.enqueue(Job(id=job_id or new_job_id(), name=info.worker, queue=info.queue,
+                         kwargs_json=kwargs_json, args_json=args_json, priority=info.priority))
+        return True
+
+    def cancel(self, job_id: str) -> bool:
+        """A waiting job never runs; a running one is asked to stop. False if neither."""
+        return self.store.cancel(job_id) or self.store.request_cancel(job_id)
 
     @abstractmethod
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop; with ``wait``, let accepted jobs finish first (up to ``timeout`` seconds)."""
-
-    def describe(self) -> dict[str, str]:
-        """A few facts for ``doctor`` and logs."""
-        return {"mode": self.kind}

@@ -4,40 +4,53 @@
 registered ``Worker`` into a Celery task named by the worker's ``name``, and makes the app's
 own tasks' ``.delay()`` / ``.apply_async()`` follow the configured mode.
 
+A Worker's task runs its job through the app's ``Executor`` and settles the ``Outcome``:
+a retry is republished with the backoff as its eta (Celery's own ``retry``, so the message's
+``retries`` count and Flower show it); a failure is raised, so Celery records FAILURE and acks
+the message (the job store keeps the failure). ``JobRequest`` caps the deliveries of a job whose
+pool process died at ``workers.max_deliveries``.
+
 Which settings win when an existing app is adopted: the broker (``queue.uri``), JSON-only
-serialization and safe delivery (``task_acks_late``, ``task_reject_on_worker_lost``) always come
-from unified_jobs; ``broker_transport_options`` are merged (the config's keys win); everything
+serialization and safe delivery (``task_acks_late``, ``task_reject_on_worker_lost``, and acks
+of failed or timed-out jobs, as plain Celery does) always come from unified_jobs; ``broker_transport_options`` are merged (the config's keys win); everything
 else the app had (routes, queues, time limits, result backend, ...) is kept.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
+import os
+import threading
+import time
 import weakref
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import Celery, signature
 from celery.app.task import Task
-from celery.exceptions import Reject
+from celery.exceptions import Ignore, Reject, Retry, WorkerLostError
 from celery.result import AsyncResult, EagerResult
 from celery.worker.request import Request
 from kombu.exceptions import EncodeError
-from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
-from unified_jobs.config import QueueConfig
-from unified_jobs.errors import EnqueueError
-from unified_jobs.job import Job, new_job_id, utcnow
+from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
+from unified_jobs.adapters.celery.kinds.sql import ERROR_HEADER
+from unified_jobs.config import Config
+from unified_jobs.core.executor import Executor
+from unified_jobs.core.job import Job, new_job_id, utcnow
+from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.retry import seconds
+from unified_jobs.errors import EnqueueError, JobError, WorkerLost
 
 if TYPE_CHECKING:
-    from unified_jobs.jobs import Jobs
+    from unified_jobs.adapters.base import Adapter
     from unified_jobs.worker import Worker
 
-__all__ = ["CeleryBridge", "JobRequest", "broker_settings"]
+__all__ = ["CeleryBridge", "JobRequest"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,56 +58,91 @@ logger = logging.getLogger(__name__)
 PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 
-def broker_settings(queue: QueueConfig) -> dict[str, Any]:
-    """Celery settings for the configured queue kind."""
-    if queue.kind == "Redis":
-        restore_every = max(1, min(10, queue.visibility_timeout // 4))
-        options: dict[str, Any] = {
-            "visibility_timeout": queue.visibility_timeout,
-            # Sweep for a dead worker's unacked jobs every few seconds, not every 100 s.
-            "unacked_restore_interval": restore_every,
-            "unacked_restore_throttle": 1,
-            # Our priorities are 0-9 (higher first); kombu's Redis lists are ordered 0 first.
-            "queue_order_strategy": "priority",
-            "priority_steps": list(range(10)),
-        }
-        return {"broker_url": queue.uri, "broker_transport_options": options}
-    from unified_jobs.adapters import sql
-
-    return {
-        "broker_url": sql.broker_url(queue.kind, queue.uri),
-        "broker_transport_options": sql.transport_options(
-            lease_sec=queue.lease_sec,
-            poll_interval_sec=queue.poll_interval_sec,
-            table_prefix=queue.table_prefix,
-            on_ack=queue.on_ack,
-        ),
-    }
+#: Seconds past a Worker's ``time_limit`` after which Celery's prefork pool kills the process
+#: (the executor's own limit should have stopped the attempt before).
+HARD_LIMIT_GRACE = 5.0
 
 
 class JobRequest(Request):  # type: ignore[misc]
-    """Celery's worker-side request, which also tells the queue why a job failed.
+    """Celery's worker-side request (it runs in the worker's main process, which owns the
+    broker channel), taught three things:
 
-    It runs in the worker's main process, which owns the broker channel; the SQL queue writes
-    the text to the job row's ``last_error`` when the failed job is rejected.
+    - why a job failed reaches the SQL queue's row (``last_error``, with the traceback);
+    - a job whose pool process died is requeued only until ``workers.max_deliveries``
+      deliveries have ended so, then failed with ``WorkerLost`` (plain Celery, with
+      ``task_reject_on_worker_lost``, requeues it for ever);
+    - a retried job's old SQL row is superseded by the republished one.
     """
 
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+    def _bridge(self) -> CeleryBridge | None:
+        return _bridges.get(self.task.app)
+
+    def _note(self, error: str) -> None:
         note = getattr(getattr(self._message, "channel", None), "note_failure", None)
+        if note is not None:
+            note(self._message.delivery_tag, error)
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         exception = getattr(exc_info, "exception", None)
-        if note is not None and exception is not None:
-            note(self._message.delivery_tag, f"{type(exception).__name__}: {exception}")
+        if isinstance(exception, ExceptionWithTraceback):
+            exception = exception.exc
+        bridge = self._bridge()
+        lost = isinstance(exception, (WorkerLostError, SystemExit, KeyboardInterrupt))
+        if lost and bridge is not None and bridge.kind is not None and self.task.reject_on_worker_lost:
+            deliveries = bridge.kind.lost_deliveries(self.id, self._message.delivery_tag)
+            limit = bridge.config.workers.max_deliveries
+            if deliveries < limit:
+                return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+            try:
+                raise WorkerLost(
+                    f"the worker process died on each of {deliveries} deliveries "
+                    f"(workers.max_deliveries is {limit}): {exception!r}"
+                )
+            except WorkerLost as final:
+                exc_info, exception = ExceptionInfo(), final
+            bridge.record_failure(self.id, self.task.name, exception, str(exc_info.traceback))
+        if exception is not None and not isinstance(exception, (Retry, Ignore)):
+            trace = getattr(exc_info, "traceback", "") or ""
+            self._note(f"{type(exception).__name__}: {exception}\n\n{trace}".rstrip())
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def on_retry(self, exc_info: Any) -> Any:
+        supersede = getattr(getattr(self._message, "channel", None), "note_superseded", None)
+        if supersede is not None:
+            supersede(self._message.delivery_tag)
+        return super().on_retry(exc_info)
+
+    def on_timeout(self, soft: bool, timeout: float) -> Any:
+        if not soft:
+            self._note(f"TimeLimitExceeded: the pool process was killed after {timeout}s")
+            bridge = self._bridge()
+            if bridge is not None:
+                error = JobError(f"TimeLimitExceeded: the pool process was killed after {timeout}s")
+                bridge.record_failure(self.id, self.task.name, error, "")
+        return super().on_timeout(soft, timeout)
 
 
 class CeleryBridge:
     """Owns the Celery app of one ``Jobs``; see the module docstring."""
 
-    def __init__(self, jobs: Jobs, existing: Celery | None = None) -> None:
-        self.jobs = jobs
+    def __init__(
+        self,
+        config: Config,
+        executor: Executor,
+        existing: Celery | None = None,
+        *,
+        current_adapter: Callable[[], Adapter],
+    ) -> None:
+        self.config = config
+        self.executor = executor
+        self.current_adapter = current_adapter
         self.adopted = existing is not None
         self.app: Celery = existing if existing is not None else Celery("unified_jobs")
-        self.queue_config = jobs.config.queue
+        self.queue_config = config.queue
+        #: The queue kind's plug-in (None without a queue section).
+        self.kind: QueueKind | None = (
+            kind_for(config.queue, config.workers) if config.queue is not None else None
+        )
         self._routes: dict[str, dict[str, str]] = {}
         self._configure()
         self._route_task_calls_through_the_mode()
@@ -112,8 +160,9 @@ class CeleryBridge:
             "result_accept_content": ["json"],
             "task_acks_late": True,
             "task_reject_on_worker_lost": True,
-            # A job that raised is rejected, not acked: the SQL queues mark its row failed.
-            "task_acks_on_failure_or_timeout": False,
+            # A failed or timed-out job is acked, as plain Celery does (so it never loops);
+            # the SQL queue marks its row failed from the failure JobRequest notes first.
+            "task_acks_on_failure_or_timeout": True,
             "task_publish_retry": True,
             "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
             "broker_connection_retry_on_startup": True,
@@ -123,8 +172,8 @@ class CeleryBridge:
         if not self.adopted:
             settings["task_default_queue"] = "default"
             settings["worker_hijack_root_logger"] = False
-        if self.jobs.config.workers.mode == "BackgroundQueue" and self.queue_config is not None:
-            broker = broker_settings(self.queue_config)
+        if self.config.workers.mode == "BackgroundQueue" and self.kind is not None:
+            broker = self.kind.broker_settings()
             settings["broker_url"] = broker["broker_url"]
             settings["broker_transport_options"] = {
                 **(conf.broker_transport_options or {}),
@@ -145,10 +194,10 @@ class CeleryBridge:
 
     def register_worker(self, worker_cls: type[Worker[Any]]) -> None:
         """Make ``worker_cls`` a Celery task named ``worker_cls.name``, routed to its queue."""
-        jobs = self.jobs
+        bridge = self
         name = worker_cls.name
 
-        def run(task: Task, *args: Any, **kwargs: Any) -> None:
+        def run(task: Task, *args: Any, **kwargs: Any) -> Any:
             request = task.request
             job_id = request.id or new_job_id()
             if args:
@@ -164,23 +213,76 @@ class CeleryBridge:
                 name=name,
                 queue=(request.delivery_info or {}).get("routing_key") or worker_cls.queue,
                 kwargs_json=json.dumps(kwargs),
+                attempt=int(request.retries or 0) + 1,
             )
-            try:
-                call = jobs.prepare(job)
-            except ValidationError as exc:
-                logger.error("job %s (%s) rejected, its arguments do not validate: %s", job_id, name, exc)
-                raise Reject(f"invalid arguments for {name}: {exc}", requeue=False) from None
-            result = call()
-            if inspect.iscoroutine(result):
-                run_on_thread_loop(result)
+            return bridge._run_job(task, job)
 
         run.__name__ = worker_cls.__name__
         run.__qualname__ = worker_cls.__qualname__
         run.__module__ = worker_cls.__module__
         run.__doc__ = worker_cls.__doc__
-        self.app.task(name=name, bind=True, shared=False, lazy=False, typing=False)(run)
+        options: dict[str, Any] = {"max_retries": None}  # the Worker's Retry decides
+        limit = seconds(worker_cls.time_limit, "time_limit")
+        if limit is not None:
+            options["time_limit"] = limit + HARD_LIMIT_GRACE
+        self.app.task(name=name, bind=True, shared=False, lazy=False, typing=False, **options)(run)
         self._routes[name] = {"queue": worker_cls.queue}
         self._declare_queue(worker_cls.queue)
+
+    def _run_job(self, task: Task, job: Job) -> Any:
+        """Run one attempt in a worker and settle its outcome the Celery way."""
+        store = self.kind.store if self.kind is not None else None
+        if store is not None:
+            check = store.record_started(job)
+            if check.cancelled:
+                logger.info("job %s (%s) was cancelled before it started; not run", job.id, job.name)
+                raise Ignore()
+            limit = self.config.workers.max_deliveries
+            if check.deliveries > limit:
+                outcome = Outcome.from_error(
+                    "failed",
+                    WorkerLost(f"delivered {check.deliveries - 1} times without finishing (max_deliveries {limit})"),
+                    job.attempt,
+                )
+                store.record_outcome(job, outcome)
+                raise outcome.error  # type: ignore[misc]
+        _cancel_watch.ensure(self)
+        outcome = self.executor.run(job, run_coroutine=run_on_thread_loop)
+        if store is not None:
+            store.record_outcome(job, outcome)
+        if outcome.kind == "succeeded":
+            return outcome.value
+        if outcome.kind == "cancelled":
+            raise Ignore()
+        if outcome.kind == "rejected":
+            logger.error("job %s (%s) rejected: %s", job.id, job.name, outcome.error_text)
+            raise Reject(f"{job.name}: {outcome.error_text}", requeue=False)
+        error = outcome.error
+        assert error is not None
+        if outcome.kind == "retry":
+            logger.warning(
+                "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
+                job.id, job.name, job.attempt, outcome.delay, outcome.error_text,
+            )
+            raise task.retry(
+                exc=error if isinstance(error, Exception) else None,
+                eta=outcome.retry_at,
+                max_retries=None,
+                headers={ERROR_HEADER: outcome.error_text},
+            )
+        if not isinstance(error, Exception):  # a job's SystemExit must not end the pool process
+            raise JobError(outcome.error_text) from error
+        raise error
+
+    def record_failure(self, job_id: str, name: str, error: BaseException, trace: str) -> None:
+        """Put a job that failed outside the executor (worker lost, hard time limit) in the store."""
+        if self.kind is None:
+            return
+        outcome = Outcome("failed", error=error, error_text=f"{type(error).__name__}: {error}", traceback=trace)
+        try:
+            self.kind.store.record_outcome(Job(id=job_id, name=name, queue="", kwargs_json="{}"), outcome)
+        except Exception:
+            logger.exception("could not record the failure of job %s in the job store", job_id)
 
     def _declare_queue(self, queue: str) -> None:
         queues = self.app.amqp.queues
@@ -247,7 +349,7 @@ class CeleryBridge:
         if unsupported:
             raise EnqueueError(
                 f"{task.name}: {', '.join(unsupported)} needs a result backend and a real queue; "
-                f"it is not supported in {self.jobs.mode} mode (use BackgroundQueue)"
+                f"it is not supported in {self.current_adapter().kind} mode (use BackgroundQueue)"
             )
         try:
             args_json = json.dumps(list(args or ()))
@@ -292,7 +394,7 @@ def _apply_async(
     bridge = _bridges.get(task._get_app())
     if bridge is None or task.name.startswith("celery."):
         return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
-    adapter = bridge.jobs.adapter
+    adapter = bridge.current_adapter()
     if getattr(adapter, "publishes_to_celery", False):
         return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
     job = bridge._job_for_call(task, args, kwargs, task_id, options)
@@ -331,3 +433,40 @@ def flush_queues(app: Celery, queues: list[str]) -> int:
         for queue in queues:
             total += channel.queue_purge(queue) or 0
     return total
+
+
+class _CancelWatch:
+    """In each worker process, a thread that asks the job store every second whether someone
+    cancelled one of the jobs running here (``jobs.cancel`` from another process)."""
+
+    def __init__(self) -> None:
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def ensure(self, bridge: CeleryBridge) -> None:
+        if self._pid == os.getpid() or bridge.kind is None:
+            return
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            thread = threading.Thread(target=self._watch, args=(bridge,), name="unified-jobs-cancel", daemon=True)
+            thread.start()
+
+    @staticmethod
+    def _watch(bridge: CeleryBridge) -> None:
+        assert bridge.kind is not None
+        store = bridge.kind.store
+        while True:
+            time.sleep(1.0)
+            running = list(bridge.executor.running)
+            if not running:
+                continue
+            try:
+                for job_id in store.cancel_requested(running):
+                    bridge.executor.cancel(job_id)
+            except Exception:
+                logger.warning("could not read cancel requests from the job store", exc_info=True)
+
+
+_cancel_watch = _CancelWatch()

@@ -2,59 +2,76 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import replace
+from typing import Any, ClassVar
 
-from unified_jobs._async import run_coroutine_sync
-from unified_jobs.adapters.base import Adapter
-from unified_jobs.job import Job, JobStatus, StatusBook
+from unified_jobs.adapters.base import Adapter, Capabilities
+from unified_jobs.adapters.memory_store import MemoryJobStore
+from unified_jobs.core.executor import Executor
+from unified_jobs.core.job import Job
+from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.store import JobStore
 
-if TYPE_CHECKING:
-    from unified_jobs.jobs import Jobs
+__all__ = ["InlineAdapter", "arun_inline", "run_inline", "settle_inline"]
 
-__all__ = ["InlineAdapter"]
+
+def settle_inline(outcome: Outcome) -> Any:
+    """An inline attempt's result: its value, or its exception raised in the caller."""
+    if outcome.kind in ("failed", "rejected") or (outcome.kind == "cancelled" and outcome.error):
+        assert outcome.error is not None
+        raise outcome.error
+    return outcome.value
+
+
+def run_inline(executor: Executor, store: JobStore, job: Job) -> Any:
+    """Run ``job`` now, retrying at once as its ``Retry`` allows; its last error propagates."""
+    while True:
+        if store.record_started(job).cancelled:
+            return None
+        outcome = executor.run(job)
+        store.record_outcome(job, outcome)
+        if outcome.kind != "retry":
+            return settle_inline(outcome)
+        job = replace(job, attempt=job.attempt + 1)
+
+
+async def arun_inline(executor: Executor, store: JobStore, job: Job) -> Any:
+    """``run_inline`` on the caller's event loop."""
+    while True:
+        if store.record_started(job).cancelled:
+            return None
+        outcome = await executor.arun(job)
+        store.record_outcome(job, outcome)
+        if outcome.kind != "retry":
+            return settle_inline(outcome)
+        job = replace(job, attempt=job.attempt + 1)
 
 
 class InlineAdapter(Adapter):
-    """Runs each job at once; the job's exception propagates to the caller.
+    """Runs each job at once. A failed attempt is retried at once, without sleeping, as its
+    ``Retry`` allows; the last attempt's exception propagates to the caller.
 
     Delays are not waited for: ``wait``/``run_at`` are accepted and ignored.
     """
 
     kind: ClassVar[str] = "ForegroundBlocking"
-    supports_delay: ClassVar[bool] = False
-    supports_priority: ClassVar[bool] = False
+    capabilities: ClassVar[Capabilities] = Capabilities(delay=False, priority=False)
 
-    def __init__(self, jobs: Jobs) -> None:
-        self._jobs = jobs
-        self._statuses = StatusBook()
+    def __init__(self, executor: Executor, store: JobStore | None = None) -> None:
+        self.executor = executor
+        self.store = store if store is not None else MemoryJobStore()
 
     def enqueue(self, job: Job) -> object:
-        self._statuses.set(job.id, "processing")
-        try:
-            result = self._jobs.prepare(job)()
-            if inspect.iscoroutine(result):
-                result = run_coroutine_sync(result)
-        except BaseException:
-            self._statuses.set(job.id, "failed")
-            raise
-        self._statuses.set(job.id, "completed")
-        return result
+        self.store.record_enqueued([job])
+        return run_inline(self.executor, self.store, job)
 
     async def aenqueue(self, job: Job) -> None:
         # In the caller's own loop, so async resources bound to it work in the job.
-        self._statuses.set(job.id, "processing")
-        try:
-            result = self._jobs.prepare(job)()
-            if inspect.isawaitable(result):
-                await result
-        except BaseException:
-            self._statuses.set(job.id, "failed")
-            raise
-        self._statuses.set(job.id, "completed")
+        self.store.record_enqueued([job])
+        await arun_inline(self.executor, self.store, job)
 
-    def status(self, job_id: str) -> JobStatus | None:
-        return self._statuses.get(job_id)
+    def cancel(self, job_id: str) -> bool:
+        return self.store.cancel(job_id) or self.executor.cancel(job_id)
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         return None

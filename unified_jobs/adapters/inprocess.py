@@ -17,21 +17,22 @@ from __future__ import annotations
 import asyncio
 import atexit
 import heapq
-import inspect
 import itertools
 import logging
 import os
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Coroutine
+from dataclasses import replace
+from typing import Any, ClassVar
 
 from unified_jobs.adapters.base import Adapter
+from unified_jobs.adapters.memory_store import MemoryJobStore
+from unified_jobs.core.executor import Executor
+from unified_jobs.core.job import Job, utcnow
+from unified_jobs.core.store import JobStore
 from unified_jobs.errors import ShutdownError
-from unified_jobs.job import Job, JobStatus, StatusBook, utcnow
-
-if TYPE_CHECKING:
-    from unified_jobs.jobs import Jobs
 
 __all__ = ["InProcessAdapter"]
 
@@ -57,8 +58,11 @@ else:  # pragma: no cover - other Python implementations
 class InProcessAdapter(Adapter):
     kind: ClassVar[str] = "BackgroundAsync"
 
-    def __init__(self, jobs: Jobs, concurrency: int, shutdown_timeout: float) -> None:
-        self._jobs = jobs
+    def __init__(
+        self, executor: Executor, concurrency: int, shutdown_timeout: float, store: JobStore | None = None
+    ) -> None:
+        self.executor = executor
+        self.store = store if store is not None else MemoryJobStore()
         self._concurrency = concurrency
         self._shutdown_timeout = shutdown_timeout
         self._stopped = False
@@ -73,11 +77,8 @@ class InProcessAdapter(Adapter):
         self._ready: list[tuple[int, int, Job]] = []  # (-priority, seq, job)
         self._delayed: list[tuple[float, int, Job]] = []  # (monotonic due, seq, job)
         self._running: dict[str, Job] = {}
-        self._statuses = StatusBook()
         self._threads: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.completed = 0
-        self.failed = 0
 
     # -- taking jobs -------------------------------------------------------------------------
 
@@ -89,14 +90,18 @@ class InProcessAdapter(Adapter):
                 raise ShutdownError(f"the BackgroundAsync pool is shut down; job {job.id} was not taken")
             if not self._threads:
                 self._start()
-            delay = (job.run_at - utcnow()).total_seconds() if job.run_at else 0.0
-            seq = next(self._seq)
-            self._statuses.set(job.id, "queued")
-            if delay > 0:
-                heapq.heappush(self._delayed, (time.monotonic() + delay, seq, job))
-            else:
-                heapq.heappush(self._ready, (-(job.priority or 0), seq, job))
-            self._cond.notify_all()
+            self.store.record_enqueued([job])
+            self._push(job)
+
+    def _push(self, job: Job) -> None:
+        # Under self._cond.
+        delay = (job.run_at - utcnow()).total_seconds() if job.run_at else 0.0
+        seq = next(self._seq)
+        if delay > 0:
+            heapq.heappush(self._delayed, (time.monotonic() + delay, seq, job))
+        else:
+            heapq.heappush(self._ready, (-(job.priority or 0), seq, job))
+        self._cond.notify_all()
 
     def _start(self) -> None:
         loop = asyncio.new_event_loop()
@@ -122,35 +127,49 @@ class InProcessAdapter(Adapter):
                 if self._ready:
                     job = heapq.heappop(self._ready)[2]
                     self._running[job.id] = job
-                    self._statuses.set(job.id, "processing")
                     return job
                 self._cond.wait(self._delayed[0][0] - now if self._delayed else None)
 
     def _work(self) -> None:
         while (job := self._next_job()) is not None:
-            ok = False
+            retry: Job | None = None
             try:
-                ok = self._run(job)
+                retry = self._run(job)
             finally:  # even SystemExit from a job leaves the pool's books right
                 with self._cond:
                     self._running.pop(job.id, None)
-                    self._statuses.set(job.id, "completed" if ok else "failed")
-                    if ok:
-                        self.completed += 1
-                    else:
-                        self.failed += 1
+                    if retry is not None and not self._stopped:
+                        self._push(retry)
+                    elif retry is not None:
+                        self.store.cancel(retry.id)
+                        logger.error(
+                            "job %s (%s) was not retried: the app shut down first; args=%s",
+                            retry.id, retry.name, retry.kwargs_json,
+                        )
                     self._cond.notify_all()
 
-    def _run(self, job: Job) -> bool:
-        try:
-            result = self._jobs.prepare(job)()
-            if inspect.iscoroutine(result):
-                assert self._loop is not None
-                asyncio.run_coroutine_threadsafe(result, self._loop).result()
-        except BaseException:  # a job's SystemExit or KeyboardInterrupt must not kill a pool thread
-            logger.exception("job %s (%s) failed", job.id, job.name)
-            return False
-        return True
+    def _run(self, job: Job) -> Job | None:
+        """Run one attempt; the next attempt to schedule, if it is to be retried."""
+        if self.store.record_started(job).cancelled:
+            return None
+        outcome = self.executor.run(job, run_coroutine=self._on_loop)
+        self.store.record_outcome(job, outcome)
+        if outcome.kind == "retry":
+            logger.warning(
+                "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
+                job.id, job.name, outcome.attempt, outcome.delay, outcome.error_text,
+            )
+            return replace(job, attempt=job.attempt + 1, run_at=outcome.retry_at)
+        if outcome.kind in ("failed", "rejected"):
+            logger.error("job %s (%s) failed: %s", job.id, job.name, outcome.error_text, exc_info=outcome.error)
+        return None
+
+    def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def cancel(self, job_id: str) -> bool:
+        return self.store.cancel(job_id) or self.executor.cancel(job_id)
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -171,7 +190,7 @@ class InProcessAdapter(Adapter):
             self._delayed.clear()
             self._cond.notify_all()
         for job in not_run:
-            self._statuses.set(job.id, "cancelled")
+            self.store.cancel(job.id)
             logger.error(
                 "job %s (%s) was not run: the app shut down first; queue=%s run_at=%s args=%s",
                 job.id,
@@ -184,9 +203,3 @@ class InProcessAdapter(Adapter):
             logger.error("job %s (%s) was still running at shutdown and may not finish", job.id, job.name)
         if self._loop is not None and not still_running:
             self._loop.call_soon_threadsafe(self._loop.stop)
-
-    def status(self, job_id: str) -> JobStatus | None:
-        return self._statuses.get(job_id)
-
-    def describe(self) -> dict[str, str]:
-        return {"mode": self.kind, "concurrency": str(self._concurrency)}

@@ -11,8 +11,9 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar
 
-from unified_jobs.adapters.base import Adapter
-from unified_jobs.job import Job
+from unified_jobs.adapters.base import Adapter, Capabilities
+from unified_jobs.adapters.memory_store import MemoryJobStore
+from unified_jobs.core.job import Job
 
 __all__ = ["RecordingAdapter"]
 
@@ -25,17 +26,19 @@ class RecordingAdapter(Adapter):
     """
 
     kind: ClassVar[str] = "Recording"
-    supports_delay: ClassVar[bool] = True
-    supports_priority: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(cancel_running=False)
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
+        #: Statuses of the recorded jobs (queued until ``perform_enqueued_jobs`` runs them).
+        self.store = MemoryJobStore()
 
     def enqueue(self, job: Job) -> None:
         """Record ``job``."""
         with self._lock:
             self._jobs.append(job)
+        self.store.record_enqueued([job])
 
     async def aenqueue(self, job: Job) -> None:
         # Appending under a lock never blocks for long: no thread hop needed.

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from unified_jobs.adapters.base import Adapter
 from unified_jobs.config import Config, WorkersConfig
 from unified_jobs.errors import InvalidOptionError, NoRecorderError, TooManyJobsError
 from unified_jobs.jobs import Jobs
@@ -84,20 +83,11 @@ def override_mode(app: Jobs, mode: OverrideMode) -> Iterator[Jobs]:
         with recording(app):
             yield app
         return
-    adapter: Adapter
-    if mode == "ForegroundBlocking":
-        from unified_jobs.adapters.inline import InlineAdapter
-
-        adapter = InlineAdapter(app)
-    elif mode == "BackgroundAsync":
-        from unified_jobs.adapters.inprocess import InProcessAdapter
-
-        workers = app.config.workers
-        adapter = InProcessAdapter(app, workers.concurrency, workers.shutdown_timeout)
-    else:
+    if mode not in ("ForegroundBlocking", "BackgroundAsync"):
         raise InvalidOptionError(
             f"override_mode() takes 'ForegroundBlocking', 'BackgroundAsync' or 'Recording', got {mode!r}"
         )
+    adapter = app._adapter_for(mode)
     previous = app._replace_adapter(adapter)
     try:
         yield app

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import inspect
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -14,11 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from unified_jobs._async import run_coroutine_sync
 from unified_jobs.adapters.base import Adapter
+from unified_jobs.adapters.inline import arun_inline, run_inline
 from unified_jobs.adapters.recording import RecordingAdapter
 from unified_jobs.errors import InvalidOptionError, TooManyJobsError, UnifiedJobsError
-from unified_jobs.job import Job
+from unified_jobs.core.job import Job
 from unified_jobs.jobs import Jobs
 from unified_jobs.worker import Worker
 
@@ -213,18 +212,17 @@ class JobRecorder:
     ) -> list[RecordedJob]:
         """Run the recorded jobs, oldest first, and the jobs they enqueue, until none are left.
 
-        Each job goes through ``Jobs.prepare``, as on a real worker: its JSON arguments are
-        validated into the model and a fresh worker is built with the app's context. ``only``
+        Each job goes through the app's executor, as on a real worker: its JSON arguments are
+        validated into the model, a fresh worker is built with the app's context, and a failed
+        attempt is retried at once as the worker's ``Retry`` allows. ``only``
         (a worker class or several) leaves other jobs recorded. A job's exception propagates
         (that job is no longer recorded). More than ``limit`` jobs raises
         ``TooManyJobsError``. Returns the jobs run. Delays and priorities are not honoured.
         """
         __tracebackhide__ = True
         done = []
-        for recorded, call in self._prepared_jobs(only, limit):
-            result = call()
-            if inspect.iscoroutine(result):
-                run_coroutine_sync(result)
+        for recorded in self._taken_jobs(only, limit):
+            run_inline(self.app.executor, self.adapter.store, recorded.job)
             done.append(recorded)
         return done
 
@@ -233,14 +231,12 @@ class JobRecorder:
     ) -> list[RecordedJob]:
         """``perform_enqueued_jobs`` for async tests: ``async def perform`` runs on the caller's loop."""
         done = []
-        for recorded, call in self._prepared_jobs(only, limit):
-            result = call()
-            if inspect.isawaitable(result):
-                await result
+        for recorded in self._taken_jobs(only, limit):
+            await arun_inline(self.app.executor, self.adapter.store, recorded.job)
             done.append(recorded)
         return done
 
-    def _prepared_jobs(self, only: Only, limit: int) -> Iterator[tuple[RecordedJob, Callable[[], Any]]]:
+    def _taken_jobs(self, only: Only, limit: int) -> Iterator[RecordedJob]:
         __tracebackhide__ = True
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise InvalidOptionError(f"limit= takes a positive int, got {limit!r}")
@@ -249,7 +245,7 @@ class JobRecorder:
             job = self.adapter.take(wanted)
             if job is None:
                 return
-            yield RecordedJob(job, self.app), self.app.prepare(job)
+            yield RecordedJob(job, self.app)
         left = [RecordedJob(j, self.app) for j in self.adapter.jobs if wanted(j)]
         if left:
             lines = [

@@ -112,6 +112,8 @@ class Channel(virtual.Channel):
         self._claims_lock = threading.Lock()
         #: Why a delivered job failed (set by the worker just before it rejects the job).
         self._failure_notes: dict[str, str] = {}
+        #: Delivered jobs republished for a retry (their ack deletes the old row).
+        self._superseded: set[str] = set()
         self._no_ack_queues: set[str] = set()
         self._heartbeat: Heartbeat | None = None
         self._acks: list[str] = []
@@ -288,6 +290,12 @@ class Channel(virtual.Channel):
         transaction; the job stays leased (and heartbeated) until the write. Rejects and
         requeues are written at once.
         """
+        with self._claims_lock:
+            if action == "ack" and delivery_tag in self._failure_notes:
+                action = "reject"  # a failed job is acked (as Celery does); its row says failed
+            elif action == "ack" and delivery_tag in self._superseded:
+                self._superseded.discard(delivery_tag)
+                action = "supersede"
         if action == "ack" and self._ack_writer is not None:
             with self._claims_lock:
                 if delivery_tag not in self._claims:
@@ -302,10 +310,17 @@ class Channel(virtual.Channel):
         self._write_outcome(claims, action, error=note)
 
     def note_failure(self, delivery_tag: str, error: str) -> None:
-        """Record why a job failed; its coming reject writes it to the row's ``last_error``."""
+        """Record why a job failed; its coming ack or reject writes the row failed, with this as
+        its ``last_error``."""
         with self._claims_lock:
             if delivery_tag in self._claims:
-                self._failure_notes[delivery_tag] = error[:4000]
+                self._failure_notes[delivery_tag] = error[:16000]
+
+    def note_superseded(self, delivery_tag: str) -> None:
+        """The job was republished for a retry: its coming ack deletes this row."""
+        with self._claims_lock:
+            if delivery_tag in self._claims:
+                self._superseded.add(delivery_tag)
 
     def flush_acks(self) -> None:
         """Write the pending acks now."""
@@ -323,6 +338,8 @@ class Channel(virtual.Channel):
         if action == "ack":
             stmt = self.q.complete if self.options.on_ack == "complete" else self.q.delete_claimed
             params = [self._params(c) for c in claims]
+        elif action == "supersede":
+            stmt, params = self.q.delete_claimed, [self._params(c) for c in claims]
         elif action == "reject":
             error = error or "rejected by the consumer (requeue=False)"
             stmt, params = self.q.fail, [self._params(c, error=error) for c in claims]

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
+    String,
     ColumnElement,
     Delete,
     Select,
@@ -322,3 +323,39 @@ def retry_failed(t: Tables, worker: bool) -> Update:
     if worker:
         where.append(c.task_name == bindparam("worker"))
     return update(t.jobs).where(*where).values(status=QUEUED, attempts=0, updated_at=bindparam("now"))
+
+
+# --- one job, by its Celery task id (the job store behind ``jobs.job()`` and friends) --------
+
+
+@dataclass(frozen=True)
+class OneJobQueries:
+    """Statements on the newest row of one task id; every one takes ``job_task_id``."""
+
+    # -> the newest row of the task id (all columns)
+    get: Select[Any]
+    # worker (optional: NULL for all), limit -> failed rows, newest first
+    failed: Select[Any]
+    # now -> rowcount: a queued row of the task id becomes cancelled
+    cancel: Update
+    # -> rowcount: the newest row, if failed or cancelled, is deleted
+    discard: Delete
+
+
+@lru_cache(maxsize=64)
+def one_job_queries_for(t: Tables) -> OneJobQueries:
+    j = t.jobs
+    c = j.c
+    now: BindParameter[Any] = bindparam("now")
+    task_id = c.task_id == bindparam("job_task_id")
+    newest = select(func.max(c.id)).where(task_id).scalar_subquery()
+    worker = bindparam("worker", type_=String())
+    return OneJobQueries(
+        get=select(j).where(c.id == newest),
+        failed=select(j)
+        .where(c.status == FAILED, (worker.is_(None)) | (c.task_name == worker))
+        .order_by(c.updated_at.desc(), c.id.desc())
+        .limit(bindparam("limit")),
+        cancel=update(j).where(c.id == newest, c.status == QUEUED).values(status=CANCELLED, updated_at=now),
+        discard=delete(j).where(c.id == newest, c.status.in_([FAILED, CANCELLED])),
+    )

@@ -1,0 +1,262 @@
+"""The Redis kind: kombu's Redis transport, and the project's own small job store beside it.
+
+The store is a hash per job (``unified_jobs:job:<id>``), a sorted set of failed jobs
+(``unified_jobs:failed``, scored by finish time) and a set of cancel requests for running jobs.
+The broker's lists stay the only source of truth for *what is queued*; the store only says
+what became of each job. A completed job's hash expires after ``workers.keep_completed``;
+failed ones stay until discarded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any, cast
+
+import redis
+
+from unified_jobs.adapters.celery.kinds import QueueKind
+from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
+from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.store import JobStore, StartCheck
+
+__all__ = ["RedisJobStore", "RedisKind"]
+
+PREFIX = "unified_jobs:"
+#: A waiting job's record lives this long past its due time (a safety net for purged queues).
+WAITING_TTL = 30 * 86_400
+
+# status before, or -1 when the job was cancelled while it waited; else deliveries so far.
+_START = """
+local key = KEYS[1]
+local status = redis.call('HGET', key, 'status')
+if status == 'cancelled' then return -1 end
+if tonumber(redis.call('HGET', key, 'attempts') or '0') ~= tonumber(ARGV[2]) then
+  redis.call('HSET', key, 'deliveries', 0)
+end
+local n = redis.call('HINCRBY', key, 'deliveries', 1)
+redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1], 'attempts', ARGV[2])
+if not status then
+  redis.call('HSET', key, 'worker', ARGV[3], 'queue', ARGV[4], 'args', ARGV[5], 'enqueued_at', ARGV[1])
+end
+redis.call('EXPIRE', key, ARGV[6])
+return n
+"""
+
+_CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'queued' or status == 'scheduled' or status == 'retrying' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if status == 'processing' then return 2 end
+return 0
+"""
+
+_SETTLED: dict[str, str] = {
+    "succeeded": "completed",
+    "retry": "retrying",
+    "failed": "failed",
+    "rejected": "failed",
+    "cancelled": "cancelled",
+}
+
+
+def _ts(value: datetime | None) -> str:
+    return value.isoformat() if value is not None else ""
+
+
+def _dt(value: str | None) -> datetime | None:
+    return aware(datetime.fromisoformat(value)) if value else None
+
+
+class RedisJobStore(JobStore):
+    def __init__(self, url: str, keep_completed: float = 86_400.0) -> None:
+        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self._keep = max(1, int(keep_completed))
+        self._start = self.client.register_script(_START)
+        self._cancel = self.client.register_script(_CANCEL)
+
+    @staticmethod
+    def key(job_id: str) -> str:
+        return f"{PREFIX}job:{job_id}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def record_enqueued(self, jobs: Sequence[Job]) -> None:
+        now = utcnow()
+        pipe = self.client.pipeline(transaction=False)
+        for job in jobs:
+            waiting = job.run_at is not None and job.run_at > now
+            ttl = WAITING_TTL + (int((job.run_at - now).total_seconds()) if waiting and job.run_at else 0)
+            pipe.hset(
+                self.key(job.id),
+                mapping={
+                    "worker": job.name,
+                    "queue": job.queue,
+                    "args": job.kwargs_json if job.args_json == "[]" else _both(job),
+                    "status": "scheduled" if waiting else "queued",
+                    "attempts": 0,
+                    "deliveries": 0,
+                    "priority": "" if job.priority is None else job.priority,
+                    "enqueued_at": _ts(job.enqueued_at),
+                    "run_at": _ts(job.run_at),
+                },
+            )
+            pipe.expire(self.key(job.id), ttl)
+        pipe.execute()
+
+    def forget_enqueued(self, jobs: Sequence[Job]) -> None:
+        self.client.delete(*(self.key(j.id) for j in jobs))
+
+    def record_started(self, job: Job) -> StartCheck:
+        args = job.kwargs_json if job.args_json == "[]" else _both(job)
+        keys = [self.key(job.id)]
+        argv = [_ts(utcnow()), job.attempt, job.name, job.queue, args, WAITING_TTL]
+        n = int(cast(Any, self._start(keys=keys, args=argv)))
+        return StartCheck(cancelled=True) if n < 0 else StartCheck(deliveries=n)
+
+    def record_outcome(self, job: Job, outcome: Outcome) -> None:
+        key = self.key(job.id)
+        status = _SETTLED[outcome.kind]
+        fields: dict[str, Any] = {"status": status}
+        if outcome.error_text is not None:
+            fields["last_error"] = outcome.error_text
+            fields["traceback"] = outcome.traceback or ""
+        pipe = self.client.pipeline(transaction=True)
+        if outcome.kind == "retry":
+            fields["run_at"] = _ts(outcome.retry_at)
+        else:
+            fields["finished_at"] = _ts(utcnow())
+        pipe.hset(key, mapping=fields)
+        pipe.srem(f"{PREFIX}cancel", job.id)
+        if status == "failed":
+            pipe.persist(key)
+            pipe.zadd(f"{PREFIX}failed", {job.id: utcnow().timestamp()})
+        elif status in ("completed", "cancelled"):
+            pipe.expire(key, self._keep)
+        pipe.execute()
+
+    def note_lost(self, task_id: str) -> int:
+        return int(self.client.hincrby(self.key(task_id), "lost", 1))
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobInfo | None:
+        return self._info(job_id, self.client.hgetall(self.key(job_id)))
+
+    def _info(self, job_id: str, h: dict[str, str]) -> JobInfo | None:
+        if not h or "status" not in h:
+            return None
+        status = h["status"]
+        run_at = _dt(h.get("run_at"))
+        if status == "scheduled" and (run_at is None or run_at <= utcnow()):
+            status = "queued"
+        try:
+            args = json.loads(h.get("args") or "null")
+        except ValueError:
+            args = h.get("args")
+        priority = h.get("priority")
+        return JobInfo(
+            id=job_id,
+            worker=h.get("worker", ""),
+            queue=h.get("queue", ""),
+            args=args,
+            status=cast(JobStatus, status),
+            attempts=int(h.get("attempts") or 0),
+            last_error=h.get("last_error") or None,
+            traceback=h.get("traceback") or None,
+            enqueued_at=_dt(h.get("enqueued_at")),
+            run_at=run_at,
+            started_at=_dt(h.get("started_at")),
+            finished_at=_dt(h.get("finished_at")),
+            priority=int(priority) if priority else None,
+        )
+
+    def failed(self, worker: str | None = None, limit: int = 100) -> list[JobInfo]:
+        found: list[JobInfo] = []
+        start, page = 0, max(limit, 100)
+        while len(found) < limit:
+            ids = self.client.zrevrange(f"{PREFIX}failed", start, start + page - 1)
+            if not ids:
+                break
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.hgetall(self.key(job_id))
+            for job_id, h in zip(ids, pipe.execute()):
+                info = self._info(job_id, h)
+                if info is not None and info.status == "failed" and worker in (None, info.worker):
+                    found.append(info)
+            start += page
+        return found[:limit]
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def discard(self, job_id: str) -> bool:
+        info = self.get(job_id)
+        if info is None or info.status not in ("failed", "cancelled"):
+            return False
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key(job_id))
+        pipe.zrem(f"{PREFIX}failed", job_id)
+        pipe.execute()
+        return True
+
+    def cancel(self, job_id: str) -> bool:
+        # The message stays in the broker's list; its worker acks it without running it.
+        return int(cast(Any, self._cancel(keys=[self.key(job_id)], args=[_ts(utcnow()), self._keep]))) == 1
+
+    def request_cancel(self, job_id: str) -> bool:
+        info = self.get(job_id)
+        if info is None or info.status != "processing":
+            return False
+        self.client.sadd(f"{PREFIX}cancel", job_id)
+        return True
+
+    def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        flags = self.client.smismember(f"{PREFIX}cancel", ids)
+        return {job_id for job_id, flag in zip(ids, flags) if flag}
+
+    def forget_failed(self, job_id: str) -> None:
+        self.client.zrem(f"{PREFIX}failed", job_id)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _both(job: Job) -> str:
+    return json.dumps({"args": json.loads(job.args_json), "kwargs": json.loads(job.kwargs_json)})
+
+
+class RedisKind(QueueKind):
+    def broker_settings(self) -> dict[str, Any]:
+        queue = self.queue
+        restore_every = max(1, min(10, queue.visibility_timeout // 4))
+        options: dict[str, Any] = {
+            "visibility_timeout": queue.visibility_timeout,
+            # Sweep for a dead worker's unacked jobs every few seconds, not every 100 s.
+            "unacked_restore_interval": restore_every,
+            "unacked_restore_throttle": 1,
+            # Our priorities are 0-9 (higher first); kombu's Redis lists are ordered 0 first.
+            "queue_order_strategy": "priority",
+            "priority_steps": list(range(10)),
+        }
+        return {"broker_url": queue.uri, "broker_transport_options": options}
+
+    def publish_priority(self, priority: int) -> int:
+        # kombu's Redis transport serves 0 first (and puts a message without a priority
+        # there), so every message gets its inverted priority.
+        return 9 - priority
+
+    def make_store(self) -> JobStore:
+        return RedisJobStore(self.queue.uri, self.workers.keep_completed)
+
+    def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
+        store = self.store
+        assert isinstance(store, RedisJobStore)
+        return store.note_lost(task_id)

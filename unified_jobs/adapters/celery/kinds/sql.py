@@ -1,0 +1,136 @@
+"""The Postgres and SQLite kinds: the project's SQL transport, whose job rows are the store.
+
+The transport writes a job's whole life into its row (claim, ack, fail, lease expiry), so
+the ``record_*`` hooks do nothing here. A retried job is a new row with the same task id
+(Celery's own retry publishes one); the superseded row is deleted, so the newest row of a
+task id is the job.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy.engine import Row
+
+from unified_jobs.adapters.celery.kinds import QueueKind
+from unified_jobs.adapters.sql import queries
+from unified_jobs.adapters.sql.store import JobStore as SqlTable
+from unified_jobs.core.job import JobInfo, JobStatus, aware, utcnow
+from unified_jobs.core.store import JobStore
+
+__all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "split_error"]
+
+#: The header a retry's message carries the failed attempt's error in (for ``jobs.job()``).
+ERROR_HEADER = "unified_jobs_error"
+
+
+def split_error(text: str | None) -> tuple[str | None, str | None]:
+    """A row's ``last_error`` as (the error line, its traceback)."""
+    if not text:
+        return None, None
+    head, sep, trace = text.partition("\n\n")
+    return head, (trace if sep else None)
+
+
+class SqlJobStore(JobStore):
+    def __init__(self, url: str, table_prefix: str) -> None:
+        self.table = SqlTable(url, table_prefix)
+        self.q = queries.one_job_queries_for(self.table.tables)
+
+    def _one(self, stmt: Any, params: dict[str, Any]) -> Row[Any] | None:
+        with self.table._ready().begin() as conn:
+            return conn.execute(stmt, params).first()
+
+    def _change(self, stmt: Any, params: dict[str, Any]) -> int:
+        with self.table._ready().begin() as conn:
+            return int(conn.execute(stmt, params).rowcount)
+
+    def get(self, job_id: str) -> JobInfo | None:
+        row = self._one(self.q.get, {"job_task_id": job_id})
+        return _info(row) if row is not None else None
+
+    def failed(self, worker: str | None = None, limit: int = 100) -> list[JobInfo]:
+        with self.table._ready().begin() as conn:
+            rows = conn.execute(self.q.failed, {"worker": worker, "limit": limit}).all()
+        return [_info(r) for r in rows]
+
+    def discard(self, job_id: str) -> bool:
+        return self._change(self.q.discard, {"job_task_id": job_id}) > 0
+
+    def cancel(self, job_id: str) -> bool:
+        return self._change(self.q.cancel, {"job_task_id": job_id, "now": utcnow()}) > 0
+
+
+def _info(row: Row[Any]) -> JobInfo:
+    try:
+        message = json.loads(row.payload)
+        headers = message.get("headers") or {}
+        body = json.loads(_body(message))
+        args: Any = body[1] if isinstance(body, list) and len(body) > 1 and not body[0] else body
+    except (ValueError, TypeError, KeyError, IndexError):
+        headers, args = {}, None
+    retries = int(headers.get("retries") or 0)
+    status = str(row.status)
+    run_at = aware(row.run_at)
+    last_error, trace = split_error(row.last_error)
+    if status == "queued" and retries and headers.get(ERROR_HEADER):
+        status, last_error = "retrying", last_error or str(headers[ERROR_HEADER])
+    elif status == "queued" and run_at > utcnow():
+        status = "scheduled"
+    attempts = retries + (1 if status in ("processing", "completed", "failed") else 0)
+    updated = aware(row.updated_at)
+    finished: datetime | None = updated if status in ("completed", "failed", "cancelled") else None
+    return JobInfo(
+        id=str(row.task_id),
+        worker=str(row.task_name or ""),
+        queue=str(row.queue),
+        args=args,
+        status=cast(JobStatus, status),
+        attempts=attempts,
+        last_error=last_error,
+        traceback=trace,
+        enqueued_at=aware(row.created_at),
+        run_at=run_at,
+        started_at=updated if status == "processing" else None,
+        finished_at=finished,
+        priority=int(row.priority),
+    )
+
+
+def _body(message: dict[str, Any]) -> str:
+    import base64
+
+    body = message.get("body") or ""
+    if (message.get("properties") or {}).get("body_encoding") == "base64":
+        return base64.b64decode(body).decode("utf-8")
+    return str(body)
+
+
+class SqlKind(QueueKind):
+    def broker_settings(self) -> dict[str, Any]:
+        from unified_jobs.adapters import sql
+
+        queue = self.queue
+        return {
+            "broker_url": sql.broker_url(queue.kind, queue.uri),
+            "broker_transport_options": sql.transport_options(
+                lease_sec=queue.lease_sec,
+                poll_interval_sec=queue.poll_interval_sec,
+                table_prefix=queue.table_prefix,
+                on_ack=queue.on_ack,
+                # A job whose worker died on each of its claims is failed at lease expiry.
+                max_attempts=self.workers.max_deliveries,
+            ),
+        }
+
+    def make_store(self) -> JobStore:
+        return SqlJobStore(self.queue.uri, self.queue.table_prefix)
+
+    def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
+        # The transport's delivery tag is "<row id>.<claims so far>".
+        try:
+            return int(str(delivery_tag).rsplit(".", 1)[1])
+        except (IndexError, ValueError):
+            return 1

@@ -1,0 +1,75 @@
+"""The job store port: where a job's status, attempts and last error are kept.
+
+Each adapter has one: in memory for the in-process modes, a small Redis store beside the Redis
+queue, and the jobs table itself on the SQL kinds (whose transport writes the lifecycle, so its
+``record_*`` hooks do nothing). ``Jobs.job()``, ``failed()``, ``retry()``, ``discard()`` and
+``cancel()`` and the ``jobs`` command line read it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from unified_jobs.core.job import Job, JobInfo
+from unified_jobs.core.outcome import Outcome
+
+__all__ = ["JobStore", "StartCheck"]
+
+
+@dataclass(frozen=True, slots=True)
+class StartCheck:
+    """What the store said when a delivery of a job started."""
+
+    #: How many times this attempt has been delivered, this one included (0: unknown).
+    deliveries: int = 0
+    #: The job was cancelled while it waited: do not run it.
+    cancelled: bool = False
+
+
+class JobStore(ABC):
+    """A job store. Reads are for users; the ``record_*`` hooks are for adapters."""
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobInfo | None:
+        """The job, or ``None`` if the store does not know it (never enqueued, or expired)."""
+
+    @abstractmethod
+    def failed(self, worker: str | None = None, limit: int = 100) -> list[JobInfo]:
+        """Failed jobs, newest first, of one worker (by name) or of all."""
+
+    @abstractmethod
+    def discard(self, job_id: str) -> bool:
+        """Forget a failed (or cancelled) job; False if there was no such finished job."""
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> bool:
+        """Mark a job that has not started (queued, scheduled, retrying) cancelled; False if
+        it was not waiting."""
+
+    def request_cancel(self, job_id: str) -> bool:
+        """Ask a job running in some worker process to stop; False where not supported."""
+        return False
+
+    def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these running jobs someone asked to stop."""
+        return set()
+
+    # -- lifecycle, written by adapters ------------------------------------------------------
+
+    def record_enqueued(self, jobs: Sequence[Job]) -> None:  # noqa: B027 - optional hook
+        """The jobs were handed to the queue (or pool)."""
+
+    def forget_enqueued(self, jobs: Sequence[Job]) -> None:  # noqa: B027 - optional hook
+        """Publishing the jobs failed: drop what ``record_enqueued`` wrote."""
+
+    def record_started(self, job: Job) -> StartCheck:
+        """A delivery of ``job`` is about to run."""
+        return StartCheck()
+
+    def record_outcome(self, job: Job, outcome: Outcome) -> None:  # noqa: B027 - optional hook
+        """The attempt ended so."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
