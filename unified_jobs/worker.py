@@ -13,8 +13,8 @@ from unified_jobs.core.retry import Retry, seconds
 from unified_jobs.errors import NotRegisteredError, WorkerDefinitionError
 
 if TYPE_CHECKING:
-    from unified_jobs.core.limits import CancelToken
     from unified_jobs.core.job import JobHandle
+    from unified_jobs.core.limits import CancelToken
     from unified_jobs.jobs import Jobs
 
 __all__ = ["Args", "Worker"]
@@ -101,7 +101,9 @@ class Worker(Generic[Args]):
         except (TypeError, ValueError) as exc:
             raise WorkerDefinitionError(str(exc)) from None
         if limit == 0:
-            raise WorkerDefinitionError(f"{cls.__qualname__}.time_limit must be positive (or None for no limit)")
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__}.time_limit must be positive (or None for no limit)"
+            )
         model = _args_model_from_bases(cls)
         if model is not None:
             cls.args_model = model

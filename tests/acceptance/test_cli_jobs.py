@@ -461,3 +461,29 @@ def test_outside_background_queue_mode_the_jobs_commands_say_why(tmp_path: Path)
             f"error: `jobs {command}` manages a queue, but the app runs in mode BackgroundAsync"
         ), result.stderr
         assert "Set workers.mode: BackgroundQueue" in result.stderr
+
+
+def test_show_cancel_failed_retry_and_discard_one_job_by_id(sql_project: Project) -> None:
+    p = sql_project
+    p.enqueue({"worker": REPORT, "args": {"n": 1}, "wait": 600}, {"worker": REPORT, "args": {"n": -1}})
+    listed = json.loads(p.ok("jobs", "list", "--jobs", "--format", "json"))["jobs"]  # newest first
+    bad, waiting = (row["task_id"] for row in listed)
+    shown = json.loads(p.ok("jobs", "show", waiting, "--json"))
+    assert (shown["status"], shown["worker"], shown["args"]) == ("scheduled", REPORT, {"n": 1, "note": ""})
+    assert p.ok("jobs", "cancel", waiting).strip() == f"cancelled job {waiting}"
+    assert json.loads(p.ok("jobs", "show", waiting, "--json"))["status"] == "cancelled"
+    assert p.run("jobs", "cancel", waiting).returncode == 1  # not waiting any more
+    def bad_failed() -> bool:
+        return bool(json.loads(p.ok("jobs", "show", bad, "--json"))["status"] == "failed")
+
+    run_worker_until(p, ("reports",), bad_failed, "the failing job to fail")
+    (failed,) = [json.loads(line) for line in p.ok("jobs", "failed", "--json").splitlines()]
+    assert failed["id"] == bad and failed["last_error"].startswith("ValueError: n is negative: -1")
+    assert "Traceback" in failed["traceback"]
+    assert "1 failed job" in p.ok("jobs", "failed", "--worker", REPORT)
+    assert p.ok("jobs", "retry", bad).strip() == f"enqueued job {bad} again"
+    assert json.loads(p.ok("jobs", "show", bad, "--json"))["status"] == "queued"
+    p.ok("jobs", "cancel", bad)
+    assert p.ok("jobs", "discard", bad).strip() == f"discarded job {bad}"
+    assert p.run("jobs", "show", bad).returncode == 1
+    assert p.run("jobs", "discard", waiting + "-nope").returncode == 1

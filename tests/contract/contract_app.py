@@ -164,7 +164,10 @@ class LongAsync(Worker[SleepArgs]):
         record(self.ctx, worker="long_end", job=self.job_id)
 
 
-WORKERS = (Echo, AsyncEcho, Fail, Sleep, Mail, Flaky, FlakyTwice, FailsUntil, SlowRetry, Discarding, Limited, Exiting, LongAsync)
+WORKERS = (
+    *(Echo, AsyncEcho, Fail, Sleep, Mail),
+    *(Flaky, FlakyTwice, FailsUntil, SlowRetry, Discarding, Limited, Exiting, LongAsync),
+)
 
 
 def create_app(config: dict[str, Any] | None = None, record_path: str | None = None) -> Jobs:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -38,7 +39,11 @@ def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
 
 
 def settled(harness: Harness, job_id: str, status: str, timeout: float = 20.0) -> JobInfo:
-    info = wait_until(lambda: (i := harness.jobs.job(job_id)) is not None and i.status == status and i, timeout)
+    def reached() -> JobInfo | None:
+        info = harness.jobs.job(job_id)
+        return info if info is not None and info.status == status else None
+
+    info = wait_until(reached, timeout)
     assert info, f"job {job_id} did not become {status}: {harness.jobs.job(job_id)}"
     return info  # type: ignore[no-any-return]
 
@@ -66,7 +71,8 @@ def test_a_job_out_of_attempts_is_failed_with_its_traceback(harness: Harness) ->
     assert [r["attempt"] for r in runs_of(harness, job_id)] == [1, 2]
     assert failed.attempts == 2
     assert failed.last_error is not None and failed.last_error.startswith("ConnectionError: attempt 2 failed")
-    assert failed.traceback is not None and "Traceback" in failed.traceback and "ConnectionError" in failed.traceback
+    assert failed.traceback is not None
+    assert "Traceback" in failed.traceback and "ConnectionError" in failed.traceback
     listed = wait_until(lambda: [f for f in harness.jobs.failed(worker=FlakyTwice) if f.id == job_id])
     assert listed and listed[0].worker == "contract.FlakyTwice" and listed[0].args == {"fail_times": 5}
     assert harness.jobs.failed(worker="contract.Echo") == []
@@ -76,7 +82,7 @@ def test_retries_wait_at_least_the_backoff(harness: Harness) -> None:
     handle = Flaky.perform_later({"fail_times": 2})  # waits 0.3 s, then 0.6 s
     settled(harness, handle.id, "completed")
     at = [r["at"] for r in runs_of(harness, handle.id)]
-    gaps = [b - a for a, b in zip(at, at[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(at)]
     if harness.inline:
         assert all(g < 0.3 for g in gaps), f"ForegroundBlocking retries at once: {gaps}"
     else:

@@ -82,8 +82,16 @@ class Adapter(ABC):
         else:
             args_json, kwargs_json = "[]", json.dumps(args)
         self.store.discard(job_id)
-        self.enqueue(Job(id=job_id or new_job_id(), name=info.worker, queue=info.queue,
-                         kwargs_json=kwargs_json, args_json=args_json, priority=info.priority))
+        self.enqueue(
+            Job(
+                id=job_id or new_job_id(),
+                name=info.worker,
+                queue=info.queue,
+                kwargs_json=kwargs_json,
+                args_json=args_json,
+                priority=info.priority,
+            )
+        )
         return True
 
     def cancel(self, job_id: str) -> bool:

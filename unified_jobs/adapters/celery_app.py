@@ -12,8 +12,9 @@ pool process died at ``workers.max_deliveries``.
 
 Which settings win when an existing app is adopted: the broker (``queue.uri``), JSON-only
 serialization and safe delivery (``task_acks_late``, ``task_reject_on_worker_lost``, and acks
-of failed or timed-out jobs, as plain Celery does) always come from unified_jobs; ``broker_transport_options`` are merged (the config's keys win); everything
-else the app had (routes, queues, time limits, result backend, ...) is kept.
+of failed or timed-out jobs, as plain Celery does) always come from unified_jobs;
+``broker_transport_options`` are merged (the config's keys win); everything else the app had
+(routes, queues, time limits, result backend, ...) is kept.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from celery.exceptions import Ignore, Reject, Retry, WorkerLostError
 from celery.result import AsyncResult, EagerResult
 from celery.worker.request import Request
 from kombu.exceptions import EncodeError
+from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
@@ -241,7 +243,9 @@ class CeleryBridge:
             if check.deliveries > limit:
                 outcome = Outcome.from_error(
                     "failed",
-                    WorkerLost(f"delivered {check.deliveries - 1} times without finishing (max_deliveries {limit})"),
+                    WorkerLost(
+                        f"delivered {check.deliveries - 1} times without finishing (max_deliveries {limit})"
+                    ),
                     job.attempt,
                 )
                 store.record_outcome(job, outcome)
@@ -255,14 +259,19 @@ class CeleryBridge:
         if outcome.kind == "cancelled":
             raise Ignore()
         if outcome.kind == "rejected":
-            logger.error("job %s (%s) rejected: %s", job.id, job.name, outcome.error_text)
+            why = "its arguments do not validate" if isinstance(outcome.error, ValidationError) else "cannot run"
+            logger.error("job %s (%s) rejected, %s: %s", job.id, job.name, why, outcome.error_text)
             raise Reject(f"{job.name}: {outcome.error_text}", requeue=False)
         error = outcome.error
         assert error is not None
         if outcome.kind == "retry":
             logger.warning(
                 "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
-                job.id, job.name, job.attempt, outcome.delay, outcome.error_text,
+                job.id,
+                job.name,
+                job.attempt,
+                outcome.delay,
+                outcome.error_text,
             )
             raise task.retry(
                 exc=error if isinstance(error, Exception) else None,
@@ -278,7 +287,9 @@ class CeleryBridge:
         """Put a job that failed outside the executor (worker lost, hard time limit) in the store."""
         if self.kind is None:
             return
-        outcome = Outcome("failed", error=error, error_text=f"{type(error).__name__}: {error}", traceback=trace)
+        outcome = Outcome(
+            "failed", error=error, error_text=f"{type(error).__name__}: {error}", traceback=trace
+        )
         try:
             self.kind.store.record_outcome(Job(id=job_id, name=name, queue="", kwargs_json="{}"), outcome)
         except Exception:
@@ -450,7 +461,9 @@ class _CancelWatch:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            thread = threading.Thread(target=self._watch, args=(bridge,), name="unified-jobs-cancel", daemon=True)
+            thread = threading.Thread(
+                target=self._watch, args=(bridge,), name="unified-jobs-cancel", daemon=True
+            )
             thread.start()
 
     @staticmethod

@@ -144,7 +144,9 @@ class InProcessAdapter(Adapter):
                         self.store.cancel(retry.id)
                         logger.error(
                             "job %s (%s) was not retried: the app shut down first; args=%s",
-                            retry.id, retry.name, retry.kwargs_json,
+                            retry.id,
+                            retry.name,
+                            retry.kwargs_json,
                         )
                     self._cond.notify_all()
 
@@ -157,11 +159,17 @@ class InProcessAdapter(Adapter):
         if outcome.kind == "retry":
             logger.warning(
                 "job %s (%s) attempt %d failed, retrying in %.1fs: %s",
-                job.id, job.name, outcome.attempt, outcome.delay, outcome.error_text,
+                job.id,
+                job.name,
+                outcome.attempt,
+                outcome.delay,
+                outcome.error_text,
             )
             return replace(job, attempt=job.attempt + 1, run_at=outcome.retry_at)
         if outcome.kind in ("failed", "rejected"):
-            logger.error("job %s (%s) failed: %s", job.id, job.name, outcome.error_text, exc_info=outcome.error)
+            logger.error(
+                "job %s (%s) failed: %s", job.id, job.name, outcome.error_text, exc_info=outcome.error
+            )
         return None
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> Any:

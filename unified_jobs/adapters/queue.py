@@ -4,6 +4,7 @@ What differs between kinds is in ``adapters/celery/kinds``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -57,10 +58,8 @@ class CeleryQueueAdapter(Adapter):
             raise self._error(f"{len(jobs)} jobs", exc) from None
 
     def _forget(self, jobs: list[Job]) -> None:
-        try:
+        with contextlib.suppress(Exception):  # the store may be down too: its records expire
             self.store.forget_enqueued(jobs)
-        except Exception:  # the broker is down; the store may be too: its records expire
-            pass
 
     def _publish(self, job: Job, producer: Any = None) -> None:
         options: dict[str, Any] = {"priority": self._kind.publish_priority(job.priority or 0)}

@@ -133,7 +133,8 @@ def jobs_group() -> None:
     """Look at and manage the queue's jobs.
 
     Every command works on the Postgres and Sqlite queues, whose jobs table is the job
-    store. On Redis only `jobs list` works (the queue lengths). Options also read
+    store. On Redis, `list` (queue lengths), `show`, `failed`, `discard` and `retry ID` and
+    `cancel ID` work (every kind has them). Options also read
     UNIFIED_JOBS_JOBS_<COMMAND>_<OPTION> (e.g. UNIFIED_JOBS_JOBS_PURGE_MAX_AGE).
     """
 
@@ -301,10 +302,26 @@ def _list_redis(jobs: Jobs, queue: QueueConfig, output: str) -> None:
 
 
 @jobs_group.command()
-@click.option("--name", required=True, metavar="WORKER", show_envvar=True, help="The worker's name.")
+@click.argument("job_id", required=False, metavar="[ID]")
+@click.option(
+    "--name", metavar="WORKER", show_envvar=True, help="Every queued job of this worker (SQL kinds)."
+)
 @click.pass_obj
-def cancel(obj: Context, name: str) -> None:
-    """Cancel the queued jobs of a worker: they become `cancelled` and never run."""
+def cancel(obj: Context, job_id: str | None, name: str | None) -> None:
+    """Cancel one job by ID (every kind), or the queued jobs of a worker (--name).
+
+    A waiting job becomes `cancelled` and never runs; a running one is asked to stop where
+    the kind supports it (in-process and Redis).
+    """
+    if (job_id is None) == (name is None):
+        raise click.UsageError("give a job ID or --name WORKER (one of them)")
+    if job_id is not None:
+        ok = obj.jobs().cancel(job_id)
+        click.echo(f"cancelled job {job_id}" if ok else f"job {job_id} is not waiting or running here")
+        if not ok:
+            raise SystemExit(1)
+        return
+    assert name is not None
     n = _store(obj, "cancel").cancel(name)
     click.echo(f"cancelled {_plural(n)} of {name}")
     _unknown_worker_note(obj, name, n)
@@ -333,10 +350,21 @@ def requeue(obj: Context, from_age: float) -> None:
 
 
 @jobs_group.command()
+@click.argument("job_id", required=False, metavar="[ID]")
+@click.option("--all-failed", is_flag=True, help="Every failed job (the default without an ID).")
 @click.option("--name", metavar="WORKER", show_envvar=True, help="Only this worker's jobs.")
 @click.pass_obj
-def retry(obj: Context, name: str | None) -> None:
-    """Put `failed` jobs back to `queued` (attempts reset; the last error is kept)."""
+def retry(obj: Context, job_id: str | None, all_failed: bool, name: str | None) -> None:
+    """Enqueue one failed job again by ID (every kind), or put every `failed` job (of a
+    worker, with --name) back to `queued` (SQL kinds; attempts reset, the last error kept)."""
+    if job_id is not None:
+        if all_failed or name:
+            raise click.UsageError("give a job ID, or --all-failed / --name, not both")
+        ok = obj.jobs().retry(job_id)
+        click.echo(f"enqueued job {job_id} again" if ok else f"job {job_id} is not a failed job")
+        if not ok:
+            raise SystemExit(1)
+        return
     n = _store(obj, "retry").retry(name)
     click.echo(f"requeued {_plural(n, 'failed job')}{f' of {name}' if name else ''}")
     _unknown_worker_note(obj, name, n)

@@ -11,7 +11,7 @@ import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import ValidationError
 
@@ -144,13 +144,13 @@ class Executor:
         worker.attempt = job.attempt
         worker._cancel_token = token
         if worker_cls.is_async():
-            return _Call(None, lambda: worker.perform(args))
+            return _Call(None, lambda: cast("Coroutine[Any, Any, Any]", worker.perform(args)))
         return _Call(lambda: worker.perform(args))
 
     async def _guard(self, call: _Call, limit: float | None, token: CancelToken) -> Any:
         task = asyncio.current_task()
         if task is not None:
-            token.bind_task(task)  # type: ignore[arg-type]
+            token.bind_task(task)
         assert call.perform_async is not None
         coro = call.perform_async()
         if limit is None:
@@ -162,7 +162,12 @@ class Executor:
             raise TimeLimitExceeded(f"the attempt ran past its time_limit of {limit:g}s") from None
 
     def _settle(
-        self, job: Job, token: CancelToken, limit: float | None, call: Callable[[], Any], sync_limit: float | None = None
+        self,
+        job: Job,
+        token: CancelToken,
+        limit: float | None,
+        call: Callable[[], Any],
+        sync_limit: float | None = None,
     ) -> Outcome:
         try:
             if sync_limit is None:
@@ -173,7 +178,9 @@ class Executor:
                     value = call()
                 finally:
                     if watchdog.disarm(entry):
-                        raise TimeLimitExceeded(f"the attempt ran past its time_limit of {sync_limit:g}s") from None
+                        raise TimeLimitExceeded(
+                            f"the attempt ran past its time_limit of {sync_limit:g}s"
+                        ) from None
         except BaseException as exc:  # the job's own failure, whatever it is
             return self._failure(job, token, exc, limit)
         return self._done(job, token, value)
@@ -209,7 +216,9 @@ class _Call:
     __slots__ = ("perform_async", "sync")
 
     def __init__(
-        self, sync: Callable[[], Any] | None, perform_async: Callable[[], Coroutine[Any, Any, Any]] | None = None
+        self,
+        sync: Callable[[], Any] | None,
+        perform_async: Callable[[], Coroutine[Any, Any, Any]] | None = None,
     ) -> None:
         self.sync = sync
         self.perform_async = perform_async

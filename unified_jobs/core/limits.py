@@ -19,6 +19,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from unified_jobs.errors import TimeLimitExceeded
 
@@ -32,7 +33,7 @@ class CancelToken:
 
     def __init__(self) -> None:
         self._event = threading.Event()
-        self._task: asyncio.Task[object] | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.expired = False
 
@@ -45,7 +46,7 @@ class CancelToken:
         if task is not None and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(task.cancel)
 
-    def bind_task(self, task: asyncio.Task[object]) -> None:
+    def bind_task(self, task: asyncio.Task[Any]) -> None:
         """Cancelling the token cancels this task (the running ``async def perform``)."""
         self._task, self._loop = task, task.get_loop()
         if self._event.is_set():

@@ -59,20 +59,26 @@ class Retry:
     discard_on: tuple[type[BaseException], ...] | type[BaseException] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int) or self.max_attempts < 1:
+        if (
+            isinstance(self.max_attempts, bool)
+            or not isinstance(self.max_attempts, int)
+            or self.max_attempts < 1
+        ):
             raise ValueError(f"Retry(max_attempts=...) takes an int >= 1, got {self.max_attempts!r}")
         seconds(self.wait, "Retry(wait=...)")
         seconds(self.max_wait, "Retry(max_wait=...)")
         if not isinstance(self.backoff, (int, float)) or isinstance(self.backoff, bool) or self.backoff < 1:
-            raise ValueError(f"Retry(backoff=...) takes a number >= 1 (1: constant waits), got {self.backoff!r}")
+            raise ValueError(
+                f"Retry(backoff=...) takes a number >= 1 (1: constant waits), got {self.backoff!r}"
+            )
         object.__setattr__(self, "retry_on", _exception_types(self.retry_on, "retry_on"))
         object.__setattr__(self, "discard_on", _exception_types(self.discard_on, "discard_on"))
 
     def decide(self, error: BaseException, attempt: int) -> Decision:
         """What to do after attempt number ``attempt`` (1-based) raised ``error``."""
-        if isinstance(error, self.discard_on):  # type: ignore[arg-type]
+        if isinstance(error, self.discard_on):
             return "discard"
-        if attempt < self.max_attempts and isinstance(error, self.retry_on):  # type: ignore[arg-type]
+        if attempt < self.max_attempts and isinstance(error, self.retry_on):
             return "retry"
         return "fail"
 
@@ -86,7 +92,7 @@ class Retry:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after attempt ``attempt`` failed (jitter included)."""
         base = self.computed_wait(attempt)
-        return base + random.uniform(0, base / 4) if self.jitter else base  # noqa: S311 - not crypto
+        return base + random.uniform(0, base / 4) if self.jitter else base
 
 
 #: The default: a failed attempt fails the job.

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ValidationError
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.adapters.inline import arun_inline, run_inline
 from unified_jobs.adapters.recording import RecordingAdapter
-from unified_jobs.errors import InvalidOptionError, TooManyJobsError, UnifiedJobsError
 from unified_jobs.core.job import Job
+from unified_jobs.errors import InvalidOptionError, TooManyJobsError, UnifiedJobsError
 from unified_jobs.jobs import Jobs
 from unified_jobs.worker import Worker
 

@@ -12,10 +12,10 @@ from typing import Any
 
 from sqlalchemy import (
     BindParameter,
-    String,
     ColumnElement,
     Delete,
     Select,
+    String,
     TextClause,
     Update,
     bindparam,

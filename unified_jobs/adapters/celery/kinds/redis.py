@@ -74,7 +74,7 @@ def _dt(value: str | None) -> datetime | None:
 
 class RedisJobStore(JobStore):
     def __init__(self, url: str, keep_completed: float = 86_400.0) -> None:
-        self.client = redis.Redis.from_url(url, decode_responses=True)
+        self.client: Any = redis.Redis.from_url(url, decode_responses=True)
         self._keep = max(1, int(keep_completed))
         self._start = self.client.register_script(_START)
         self._cancel = self.client.register_script(_CANCEL)
@@ -114,7 +114,7 @@ class RedisJobStore(JobStore):
     def record_started(self, job: Job) -> StartCheck:
         args = job.kwargs_json if job.args_json == "[]" else _both(job)
         keys = [self.key(job.id)]
-        argv = [_ts(utcnow()), job.attempt, job.name, job.queue, args, WAITING_TTL]
+        argv: list[Any] = [_ts(utcnow()), job.attempt, job.name, job.queue, args, WAITING_TTL]
         n = int(cast(Any, self._start(keys=keys, args=argv)))
         return StartCheck(cancelled=True) if n < 0 else StartCheck(deliveries=n)
 
@@ -185,7 +185,7 @@ class RedisJobStore(JobStore):
             pipe = self.client.pipeline(transaction=False)
             for job_id in ids:
                 pipe.hgetall(self.key(job_id))
-            for job_id, h in zip(ids, pipe.execute()):
+            for job_id, h in zip(ids, pipe.execute(), strict=True):
                 info = self._info(job_id, h)
                 if info is not None and info.status == "failed" and worker in (None, info.worker):
                     found.append(info)
@@ -220,7 +220,7 @@ class RedisJobStore(JobStore):
         if not ids:
             return set()
         flags = self.client.smismember(f"{PREFIX}cancel", ids)
-        return {job_id for job_id, flag in zip(ids, flags) if flag}
+        return {job_id for job_id, flag in zip(ids, flags, strict=True) if flag}
 
     def forget_failed(self, job_id: str) -> None:
         self.client.zrem(f"{PREFIX}failed", job_id)
