@@ -259,7 +259,8 @@ class CeleryBridge:
         if outcome.kind == "cancelled":
             raise Ignore()
         if outcome.kind == "rejected":
-            why = "its arguments do not validate" if isinstance(outcome.error, ValidationError) else "cannot run"
+            invalid = isinstance(outcome.error, ValidationError)
+            why = "its arguments do not validate" if invalid else "cannot run"
             logger.error("job %s (%s) rejected, %s: %s", job.id, job.name, why, outcome.error_text)
             raise Reject(f"{job.name}: {outcome.error_text}", requeue=False)
         error = outcome.error
