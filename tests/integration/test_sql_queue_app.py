@@ -71,7 +71,9 @@ def test_a_failed_job_is_kept_as_failed_with_its_error(queue: dict[str, Any], tm
         worker.stop()
     by_name = {r.task_name: r for r in rows(queue["uri"])}
     assert by_name["contract.Fail"].status == "failed"
-    assert by_name["contract.Fail"].last_error == "RuntimeError: job 4 failed on purpose"
+    error, _, trace = (by_name["contract.Fail"].last_error or "").partition("\n\n")
+    assert error == "RuntimeError: job 4 failed on purpose"
+    assert trace.startswith("Traceback") and "RuntimeError: job 4 failed on purpose" in trace
     assert by_name["contract.Echo"].status == "completed"
     jobs.shutdown()
 

@@ -37,8 +37,14 @@ class CeleryQueueAdapter(Adapter):
         self.store = bridge.kind.store
         self.capabilities = Capabilities(cancel_running=self._queue.kind == "Redis")  # type: ignore[misc]
 
+    def _record(self, jobs: list[Job], what: str) -> None:
+        try:
+            self.store.record_enqueued(jobs)
+        except Exception as exc:  # the store shares the broker's server: it is down too
+            raise self._error(what, exc) from None
+
     def enqueue(self, job: Job) -> None:
-        self.store.record_enqueued([job])
+        self._record([job], f"job {job.id} ({job.name})")
         try:
             self._publish(job)
         except (OperationalError, OSError) as exc:
@@ -47,7 +53,7 @@ class CeleryQueueAdapter(Adapter):
 
     def enqueue_many(self, jobs: list[Job]) -> None:
         app = self._bridge.app
-        self.store.record_enqueued(jobs)
+        self._record(jobs, f"{len(jobs)} jobs")
         try:
             # One flush for the whole batch: on Redis a MULTI/EXEC pipeline, all or nothing.
             with app.producer_or_acquire() as producer, producer.batch(max_size=2 * len(jobs) + 1):
