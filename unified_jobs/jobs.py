@@ -28,7 +28,7 @@ from unified_jobs.worker import Worker
 if TYPE_CHECKING:
     from celery import Celery
 
-    from unified_jobs.adapters.celery_app import CeleryBridge
+    from unified_jobs.adapters.celery.app import CeleryBridge
 
 __all__ = ["MAX_PRIORITY", "Jobs"]
 
@@ -278,7 +278,7 @@ class Jobs:
     def celery_bridge(self) -> CeleryBridge:
         """The Celery side of the app, made on first use (it imports celery)."""
         if self._bridge is None:
-            from unified_jobs.adapters.celery_app import CeleryBridge
+            from unified_jobs.adapters.celery.app import CeleryBridge
 
             self._bridge = CeleryBridge(
                 self.config, self._executor, self._celery_app, current_adapter=lambda: self._adapter
@@ -315,10 +315,13 @@ class Jobs:
 
     def shutdown(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop what the app started. The BackgroundAsync pool is drained first (up to
-        ``timeout`` seconds); jobs that could not run are logged by id."""
+        ``timeout`` seconds); jobs that could not run are logged by id. An adopted Celery
+        app is given back: its tasks publish as plain Celery does again."""
         # Jobs enqueued by running jobs while the pool drains are still taken (and drained).
         self._adapter.close(wait=wait, timeout=timeout)
         self._closed = True
+        if self._bridge is not None:
+            self._bridge.release()  # the Celery app's tasks publish as plain Celery does again
 
     def __enter__(self) -> Jobs:
         return self

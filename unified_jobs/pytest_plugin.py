@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast, get_args
 import pytest
 
 if TYPE_CHECKING:
-    from unified_jobs.adapters.celery_testing import RunningWorker
+    from unified_jobs.adapters.celery.testing import RunningWorker
     from unified_jobs.jobs import Jobs
     from unified_jobs.testing import JobRecorder
 

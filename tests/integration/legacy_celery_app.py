@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 from celery import Celery
 from pydantic import BaseModel
@@ -63,6 +65,28 @@ class DatabaseTask(app.Task):  # type: ignore[name-defined,misc]  # Celery's doc
 def with_base(x: int) -> int:
     _record(task="with_base", x=x)
     return x
+
+
+@app.task(
+    bind=True,
+    name="legacy.flaky",
+    autoretry_for=(ConnectionError,),
+    retry_backoff=1,
+    retry_jitter=False,
+    max_retries=2,
+)
+def flaky(self: Any, succeed_on: int) -> int:
+    retries: int = self.request.retries
+    _record(task="flaky", retries=retries, at=time.time())
+    if retries + 1 < succeed_on:
+        raise ConnectionError(f"down on try {retries + 1}")
+    return retries
+
+
+@app.task(bind=True, name="legacy.countdown", max_retries=1)
+def countdown(self: Any) -> None:
+    _record(task="countdown", retries=self.request.retries, at=time.time())
+    raise self.retry(countdown=0.5, exc=LookupError("still missing"))
 
 
 class GreetArgs(BaseModel):

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -95,6 +96,54 @@ def test_background_async_runs_celery_tasks_in_the_pool(
     legacy.jobs.shutdown(wait=True, timeout=10)
     assert len(ids) == 20
     assert sorted(r["x"] for r in read_records(record)) == list(range(20))
+
+
+def test_background_async_waits_out_an_adopted_tasks_own_retry_delays(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": "BackgroundAsync"}})
+    ok = legacy.flaky.delay(succeed_on=3)  # autoretry_for + retry_backoff=1: waits 1 s, then 2 s
+    gave_up = legacy.countdown.delay()  # self.retry(countdown=0.5), max_retries=1
+    assert wait_until(lambda: legacy.jobs.status(ok.id) == "completed", timeout=15)
+    assert wait_until(lambda: legacy.jobs.status(gave_up.id) == "failed", timeout=15)
+    runs = [r for r in read_records(record) if r["task"] == "flaky"]
+    assert [r["retries"] for r in runs] == [0, 1, 2]  # Celery's request.retries, as on a worker
+    assert runs[1]["at"] - runs[0]["at"] >= 1.0
+    assert runs[2]["at"] - runs[1]["at"] >= 2.0
+    tries = [r for r in read_records(record) if r["task"] == "countdown"]
+    assert [r["retries"] for r in tries] == [0, 1]
+    assert tries[1]["at"] - tries[0]["at"] >= 0.5
+    failed = legacy.jobs.job(gave_up.id)
+    assert failed is not None and failed.attempts == 2 and failed.last_error == "LookupError: still missing"
+    assert [info.id for info in legacy.jobs.failed("legacy.countdown")] == [gave_up.id]
+    legacy.jobs.shutdown(wait=True, timeout=10)
+
+
+def test_foreground_blocking_retries_an_adopted_task_at_once_like_celery_eager(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": "ForegroundBlocking"}})
+    started = time.monotonic()
+    assert legacy.flaky.delay(succeed_on=3).get() == 2
+    assert time.monotonic() - started < 1.0  # no sleeping in tests
+    with pytest.raises(ConnectionError, match="down on try 3"):  # max_retries=2: the 3rd error is raised
+        legacy.flaky.delay(succeed_on=4)
+    assert [r["retries"] for r in read_records(record)] == [0, 1, 2, 0, 1, 2]
+
+
+def test_adopting_changes_only_the_adopted_app_and_shutdown_gives_it_back(
+    monkeypatch: pytest.MonkeyPatch, record: Path
+) -> None:
+    from celery import Celery
+    from celery.app.task import Task
+
+    other = Celery("bystander", broker="memory://")
+    legacy = load_legacy(monkeypatch, record, {"workers": {"mode": "BackgroundAsync"}})
+    assert "send_task" in vars(legacy.app)  # an instance attribute of the adopted app only
+    assert "send_task" not in vars(other)
+    assert Task.apply_async.__module__ == "celery.app.task"  # no class is patched
+    legacy.jobs.shutdown(wait=True, timeout=10)
+    assert "send_task" not in vars(legacy.app)  # plain Celery again
 
 
 def test_existing_settings_are_kept_and_safety_settings_added(

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
 from tests.contract.contract_app import AsyncEcho, Echo, Fail, create_app
 from tests.procs import ROOT, read_records
-from unified_jobs.adapters.celery_testing import JobFailedInWorker
+from unified_jobs.adapters.celery.testing import JobFailedInWorker
 from unified_jobs.errors import UnifiedJobsError
 from unified_jobs.testing import run_worker
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.base import Adapter
-    from unified_jobs.adapters.celery_app import CeleryBridge
+    from unified_jobs.adapters.celery.app import CeleryBridge
     from unified_jobs.config import Config
     from unified_jobs.core.executor import Executor
 
@@ -35,7 +35,7 @@ def build(
         workers = config.workers
         return InProcessAdapter(executor, workers.concurrency, workers.shutdown_timeout, MemoryJobStore(keep))
     if mode == "BackgroundQueue":
-        from unified_jobs.adapters.queue import CeleryQueueAdapter
+        from unified_jobs.adapters.celery.adapter import CeleryQueueAdapter
 
         assert bridge is not None and config.queue is not None
         return CeleryQueueAdapter(bridge(), executor)

@@ -150,7 +150,7 @@ def _worker_concurrency(jobs: Jobs, concurrency: int | None) -> int:
 def _flush_if_asked(jobs: Jobs, queues: list[str]) -> None:
     assert jobs.config.queue is not None
     if jobs.config.queue.dangerously_flush:
-        from unified_jobs.adapters.celery_app import flush_queues
+        from unified_jobs.adapters.celery.app import flush_queues
 
         flushed = flush_queues(jobs.celery, queues)
         click.echo(f"dangerously_flush: deleted {flushed} queued job(s) from {', '.join(queues)}", err=True)
@@ -224,7 +224,7 @@ def run_server_and_worker(
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedded = None
     if jobs.mode == "BackgroundQueue":
-        from unified_jobs.adapters.celery_embedded import EmbeddedWorker
+        from unified_jobs.adapters.celery.embedded import EmbeddedWorker
 
         selected = select_queues(jobs, queues, tags)
         _flush_if_asked(jobs, selected)

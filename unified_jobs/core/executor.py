@@ -19,7 +19,7 @@ from unified_jobs._async import run_coroutine_sync
 from unified_jobs.core.job import Job, utcnow
 from unified_jobs.core.limits import CancelToken, watchdog
 from unified_jobs.core.outcome import Outcome
-from unified_jobs.core.retry import NO_RETRY, Retry, seconds
+from unified_jobs.core.retry import NO_RETRY, Retry, RetryRequested, seconds
 from unified_jobs.errors import NotRegisteredError, TimeLimitExceeded
 
 if TYPE_CHECKING:
@@ -195,6 +195,10 @@ class Executor:
             error = TimeLimitExceeded(f"the attempt ran past its time_limit of {limit:g}s")
         if token.cancelled() and not token.expired:
             return Outcome.from_error("cancelled", error, job.attempt)
+        if isinstance(error, RetryRequested):  # the job asked for it (an adopted Celery task)
+            cause = error.cause or error
+            delay = max(0.0, (error.at - utcnow()).total_seconds())
+            return Outcome.from_error("retry", cause, job.attempt, retry_at=error.at, delay=delay)
         policy = self.policy(job.name)
         decision = policy.decide(error, job.attempt)
         if decision == "retry":

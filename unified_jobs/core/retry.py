@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-__all__ = ["NO_RETRY", "Retry", "seconds"]
+__all__ = ["NO_RETRY", "Retry", "RetryRequested", "seconds"]
 
 Decision = Literal["retry", "fail", "discard"]
 
@@ -37,6 +37,17 @@ def _exception_types(value: Any, what: str) -> tuple[type[BaseException], ...]:
         if not (isinstance(t, type) and issubclass(t, BaseException)):
             raise TypeError(f"Retry({what}=...) takes exception classes, got {t!r}")
     return types
+
+
+class RetryRequested(Exception):
+    """Raised by a job's runner when the job itself asked to run again at ``at`` (an adopted
+    Celery task's ``self.retry(countdown=...)``, ``autoretry_for``): the executor retries it
+    then, whatever the worker's policy says. ``cause`` is the error that made it retry."""
+
+    def __init__(self, at: datetime, cause: BaseException | None = None) -> None:
+        super().__init__(f"retry requested at {at.isoformat()}: {cause!r}")
+        self.at = at
+        self.cause = cause
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from unified_jobs.testing._recorder import (
 from unified_jobs.worker import Worker
 
 if TYPE_CHECKING:
-    from unified_jobs.adapters.celery_testing import RunningWorker
+    from unified_jobs.adapters.celery.testing import RunningWorker
 
 __all__ = [
     "DEFAULT_PERFORM_LIMIT",
@@ -230,7 +230,7 @@ def run_worker(
     job goes through the real broker and a real Celery worker; ``wait`` raises
     ``JobFailedInWorker`` if the job failed there. The pytest fixture ``jobs_worker`` wraps it.
     """
-    from unified_jobs.adapters.celery_testing import run_worker as _run_worker
+    from unified_jobs.adapters.celery.testing import run_worker as _run_worker
 
     return _run_worker(
         jobs, pool=pool, concurrency=concurrency, queues=queues, shutdown_timeout=shutdown_timeout

@@ -26,8 +26,8 @@ from typing import IO, Any
 
 from sqlalchemy.engine import Row
 
-from unified_jobs.adapters.queue import TAGS_HEADER
 from unified_jobs.adapters.sql.store import PAGE_SIZE, JobStore, Progress, aware, check_statuses, utcnow
+from unified_jobs.core.job import TAGS_HEADER
 
 __all__ = [
     "DUMP_FORMAT",

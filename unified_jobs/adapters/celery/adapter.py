@@ -17,10 +17,10 @@ from unified_jobs.core.job import TAGS_HEADER, Job
 from unified_jobs.errors import EnqueueError
 
 if TYPE_CHECKING:
+    from unified_jobs.adapters.celery.app import CeleryBridge
     from unified_jobs.adapters.celery.kinds import QueueKind
-    from unified_jobs.adapters.celery_app import CeleryBridge
 
-__all__ = ["TAGS_HEADER", "CeleryQueueAdapter"]
+__all__ = ["CeleryQueueAdapter"]
 
 
 class CeleryQueueAdapter(Adapter):

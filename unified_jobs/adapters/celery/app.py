@@ -7,8 +7,9 @@ own tasks' ``.delay()`` / ``.apply_async()`` follow the configured mode.
 A Worker's task runs its job through the app's ``Executor`` and settles the ``Outcome``:
 a retry is republished with the backoff as its eta (Celery's own ``retry``, so the message's
 ``retries`` count and Flower show it); a failure is raised, so Celery records FAILURE and acks
-the message (the job store keeps the failure). ``JobRequest`` caps the deliveries of a job whose
-pool process died at ``workers.max_deliveries``.
+the message (the job store keeps the failure). ``request.JobRequest`` caps the deliveries of a
+job whose pool process died at ``workers.max_deliveries``; ``adoption`` routes the app's own
+task calls through the mode.
 
 Which settings win when an existing app is adopted: the broker (``queue.uri``), JSON-only
 serialization and safe delivery (``task_acks_late``, ``task_reject_on_worker_lost``, and acks
@@ -21,38 +22,31 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import threading
-import time
-import weakref
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
-from celery import Celery, signature
+from celery import Celery
 from celery.app.task import Task
-from celery.exceptions import Ignore, Reject, Retry, WorkerLostError
-from celery.result import AsyncResult, EagerResult
-from celery.worker.request import Request
-from kombu.exceptions import EncodeError
+from celery.exceptions import Ignore, Reject
 from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
+from unified_jobs.adapters.celery import adoption
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
 from unified_jobs.adapters.celery.kinds.sql import ERROR_HEADER
+from unified_jobs.adapters.celery.request import BRIDGE_ATTRIBUTE, JobRequest, cancel_watch
 from unified_jobs.config import Config
 from unified_jobs.core.executor import Executor
-from unified_jobs.core.job import Job, new_job_id, utcnow
+from unified_jobs.core.job import Job, new_job_id
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.retry import seconds
-from unified_jobs.errors import EnqueueError, JobError, WorkerLost
+from unified_jobs.errors import JobError, WorkerLost
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.base import Adapter
     from unified_jobs.worker import Worker
 
-__all__ = ["CeleryBridge", "JobRequest"]
+__all__ = ["CeleryBridge", "flush_queues"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,65 +57,6 @@ PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 
 #: Seconds past a Worker's ``time_limit`` after which Celery's prefork pool kills the process
 #: (the executor's own limit should have stopped the attempt before).
 HARD_LIMIT_GRACE = 5.0
-
-
-class JobRequest(Request):  # type: ignore[misc]
-    """Celery's worker-side request (it runs in the worker's main process, which owns the
-    broker channel), taught three things:
-
-    - why a job failed reaches the SQL queue's row (``last_error``, with the traceback);
-    - a job whose pool process died is requeued only until ``workers.max_deliveries``
-      deliveries have ended so, then failed with ``WorkerLost`` (plain Celery, with
-      ``task_reject_on_worker_lost``, requeues it for ever);
-    - a retried job's old SQL row is superseded by the republished one.
-    """
-
-    def _bridge(self) -> CeleryBridge | None:
-        return _bridges.get(self.task.app)
-
-    def _note(self, error: str) -> None:
-        note = getattr(getattr(self._message, "channel", None), "note_failure", None)
-        if note is not None:
-            note(self._message.delivery_tag, error)
-
-    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
-        exception = getattr(exc_info, "exception", None)
-        if isinstance(exception, ExceptionWithTraceback):
-            exception = exception.exc
-        bridge = self._bridge()
-        lost = isinstance(exception, (WorkerLostError, SystemExit, KeyboardInterrupt))
-        if lost and bridge is not None and bridge.kind is not None and self.task.reject_on_worker_lost:
-            deliveries = bridge.kind.lost_deliveries(self.id, self._message.delivery_tag)
-            limit = bridge.config.workers.max_deliveries
-            if deliveries < limit:
-                return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-            try:
-                raise WorkerLost(
-                    f"the worker process died on each of {deliveries} deliveries "
-                    f"(workers.max_deliveries is {limit}): {exception!r}"
-                )
-            except WorkerLost as final:
-                exc_info, exception = ExceptionInfo(), final
-            bridge.record_failure(self.id, self.task.name, exception, str(exc_info.traceback))
-        if exception is not None and not isinstance(exception, (Retry, Ignore)):
-            trace = getattr(exc_info, "traceback", "") or ""
-            self._note(f"{type(exception).__name__}: {exception}\n\n{trace}".rstrip())
-        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-    def on_retry(self, exc_info: Any) -> Any:
-        supersede = getattr(getattr(self._message, "channel", None), "note_superseded", None)
-        if supersede is not None:
-            supersede(self._message.delivery_tag)
-        return super().on_retry(exc_info)
-
-    def on_timeout(self, soft: bool, timeout: float) -> Any:
-        if not soft:
-            self._note(f"TimeLimitExceeded: the pool process was killed after {timeout}s")
-            bridge = self._bridge()
-            if bridge is not None:
-                error = JobError(f"TimeLimitExceeded: the pool process was killed after {timeout}s")
-                bridge.record_failure(self.id, self.task.name, error, "")
-        return super().on_timeout(soft, timeout)
 
 
 class CeleryBridge:
@@ -147,7 +82,8 @@ class CeleryBridge:
         )
         self._routes: dict[str, dict[str, str]] = {}
         self._configure()
-        self._route_task_calls_through_the_mode()
+        setattr(self.app, BRIDGE_ATTRIBUTE, self)
+        adoption.route_through_mode(self)
         if self.app.Task.Request == Task.Request:  # keep an adopted app's own request class
             self.app.Task.Request = JobRequest
 
@@ -250,7 +186,7 @@ class CeleryBridge:
                 )
                 store.record_outcome(job, outcome)
                 raise outcome.error  # type: ignore[misc]
-        _cancel_watch.ensure(self)
+        cancel_watch.ensure(self)
         outcome = self.executor.run(job, run_coroutine=run_on_thread_loop)
         if store is not None:
             store.record_outcome(job, outcome)
@@ -301,6 +237,18 @@ class CeleryBridge:
         if queue not in queues:
             queues.add(queue)
 
+    def queue_of(self, name: str) -> str:
+        """The queue a task called ``name`` goes to when the call names none."""
+        return self._routes.get(name, {}).get("queue") or self.default_queue
+
+    def run_task(self, job: Job) -> Callable[[], Any] | None:
+        """How the executor runs a job of the app's own tasks (see ``adoption.task_runner``)."""
+        return adoption.task_runner(self, job)
+
+    def release(self) -> None:
+        """Give the app back: its tasks publish as plain Celery does again."""
+        adoption.release(self)
+
     def worker_queues(self) -> list[str]:
         """Every queue this app's workers and tasks use, default queue first."""
         configured = (self.queue_config.queues if self.queue_config else None) or ()
@@ -313,107 +261,6 @@ class CeleryBridge:
             *_queues_in_routes(self.app.conf.task_routes),
         ]
         return list(dict.fromkeys(names))
-
-    # -- the app's own tasks follow the mode ---------------------------------------------------
-
-    def run_task(self, job: Job) -> Callable[[], Any] | None:
-        """How ``Jobs.prepare`` runs a job of a plain Celery task (None: no such task).
-
-        The task runs through Celery's eager tracer (``task.apply``), so ``link`` and
-        ``link_error`` callbacks fire, and a chain goes on with the next task; both are
-        enqueued with ``apply_async``, so they follow the mode too.
-        """
-        task = self.app.tasks.get(job.name)
-        if task is None:
-            return None
-        args = json.loads(job.args_json)
-        kwargs = json.loads(job.kwargs_json)
-        canvas = json.loads(job.extra_json)
-
-        def run() -> Any:
-            # throw=False so that Celery's tracer calls the errbacks; .get() then re-raises.
-            value = task.apply(
-                args=args,
-                kwargs=kwargs,
-                task_id=job.id,
-                throw=False,
-                link=canvas.get("link"),
-                link_error=canvas.get("link_error"),
-            ).get()
-            rest = canvas.get("chain")
-            if rest:
-                signature(rest[-1], app=self.app).apply_async((value,), chain=rest[:-1] or None)
-            return value
-
-        return run
-
-    def _route_task_calls_through_the_mode(self) -> None:
-        """Make this app's tasks' ``apply_async`` follow the mode (see ``_apply_async``)."""
-        _bridges[self.app] = self
-        if Task.apply_async is not _apply_async:
-            Task.apply_async = _apply_async
-
-    def _job_for_call(
-        self, task: Task, args: Any, kwargs: Any, task_id: str | None, options: dict[str, Any]
-    ) -> Job:
-        canvas = {key: options[key] for key in _CANVAS_OPTIONS if options.get(key)}
-        unsupported = sorted(key for key in ("chord", "group_id") if options.get(key))
-        if unsupported:
-            raise EnqueueError(
-                f"{task.name}: {', '.join(unsupported)} needs a result backend and a real queue; "
-                f"it is not supported in {self.current_adapter().kind} mode (use BackgroundQueue)"
-            )
-        try:
-            args_json = json.dumps(list(args or ()))
-            kwargs_json = json.dumps(dict(kwargs or {}))
-            extra_json = json.dumps(canvas)
-        except (TypeError, ValueError) as exc:  # what publishing with the json serializer raises
-            raise EncodeError(f"arguments of {task.name} are not JSON serializable: {exc}") from exc
-        run_at = options.get("eta")
-        countdown = options.get("countdown")
-        if countdown is not None:
-            run_at = utcnow() + timedelta(seconds=float(countdown))
-        elif isinstance(run_at, str):
-            run_at = datetime.fromisoformat(run_at)
-        if isinstance(run_at, datetime) and run_at.tzinfo is None:
-            run_at = run_at.replace(tzinfo=timezone.utc)  # Celery reads a naive eta as UTC
-        queue = options.get("queue")
-        if queue is not None and not isinstance(queue, str):
-            queue = getattr(queue, "name", str(queue))
-        return Job(
-            id=task_id or new_job_id(),
-            name=task.name,
-            queue=queue or self._routes.get(task.name, {}).get("queue") or self.default_queue,
-            args_json=args_json,
-            kwargs_json=kwargs_json,
-            extra_json=extra_json,
-            run_at=run_at,
-        )
-
-
-_CANVAS_OPTIONS = ("link", "link_error", "chain")
-
-#: The bridge of each adopted (or created) Celery app, for the patched ``Task.apply_async``.
-_bridges: weakref.WeakKeyDictionary[Celery, CeleryBridge] = weakref.WeakKeyDictionary()
-_original_apply_async = Task.apply_async
-
-
-def _apply_async(
-    task: Task, args: Any = None, kwargs: Any = None, task_id: str | None = None, *rest: Any, **options: Any
-) -> Any:
-    """``Task.apply_async`` for every task class (custom ``base=`` classes too): a task of an app
-    that a ``Jobs`` adopted follows that app's mode; any other task is untouched."""
-    bridge = _bridges.get(task._get_app())
-    if bridge is None or task.name.startswith("celery."):
-        return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
-    adapter = bridge.current_adapter()
-    if getattr(adapter, "publishes_to_celery", False):
-        return _original_apply_async(task, args, kwargs, task_id, *rest, **options)
-    job = bridge._job_for_call(task, args, kwargs, task_id, options)
-    value = adapter.enqueue(job)
-    if adapter.kind == "ForegroundBlocking":
-        return EagerResult(job.id, value, "SUCCESS", name=task.name)
-    return AsyncResult(job.id, app=bridge.app, task_name=task.name)
 
 
 def _queues_in_routes(routes: Any) -> list[str]:
@@ -445,42 +292,3 @@ def flush_queues(app: Celery, queues: list[str]) -> int:
         for queue in queues:
             total += channel.queue_purge(queue) or 0
     return total
-
-
-class _CancelWatch:
-    """In each worker process, a thread that asks the job store every second whether someone
-    cancelled one of the jobs running here (``jobs.cancel`` from another process)."""
-
-    def __init__(self) -> None:
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def ensure(self, bridge: CeleryBridge) -> None:
-        if self._pid == os.getpid() or bridge.kind is None:
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            thread = threading.Thread(
-                target=self._watch, args=(bridge,), name="unified-jobs-cancel", daemon=True
-            )
-            thread.start()
-
-    @staticmethod
-    def _watch(bridge: CeleryBridge) -> None:
-        assert bridge.kind is not None
-        store = bridge.kind.store
-        while True:
-            time.sleep(1.0)
-            running = list(bridge.executor.running)
-            if not running:
-                continue
-            try:
-                for job_id in store.cancel_requested(running):
-                    bridge.executor.cancel(job_id)
-            except Exception:
-                logger.warning("could not read cancel requests from the job store", exc_info=True)
-
-
-_cancel_watch = _CancelWatch()
