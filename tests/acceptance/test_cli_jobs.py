@@ -413,7 +413,7 @@ def test_import_refuses_a_bad_file_and_imports_nothing(sql_project: Project) -> 
 
 
 @pytest.mark.redis
-def test_redis_list_shows_queue_lengths_and_other_commands_need_a_job_store(tmp_path: Path) -> None:
+def test_redis_list_shows_queue_lengths_and_other_commands_need_a_job_table(tmp_path: Path) -> None:
     require_service("Redis", REDIS_HOST, REDIS_PORT)
     flush_redis_db("jobscli")
     write_project(tmp_path, f"kind: Redis\nuri: '{redis_url('jobscli')}'\n")
@@ -442,10 +442,30 @@ def test_redis_list_shows_queue_lengths_and_other_commands_need_a_job_store(tmp_
     for args in (("tidy",), ("cancel", "--name", MAIL), ("dump",), ("list", "--status", "failed")):
         result = p.run("jobs", *args)
         assert result.returncode == 1, args
-        assert "job store" in result.stderr and "a Postgres or Sqlite queue" in result.stderr, result.stderr
+        assert "job table" in result.stderr and "a Postgres or Sqlite queue" in result.stderr, result.stderr
         assert "Traceback" not in result.stderr
     result = p.run("jobs", "tidy")
-    assert result.stderr.startswith("error: `jobs tidy` needs a job store: a Postgres or Sqlite queue")
+    assert result.stderr.startswith("error: `jobs tidy` needs a job table: a Postgres or Sqlite queue")
+    flush_redis_db("jobscli")
+
+
+@pytest.mark.redis
+def test_redis_failed_jobs_are_shown_and_retried_all_at_once(tmp_path: Path) -> None:
+    require_service("Redis", REDIS_HOST, REDIS_PORT)
+    flush_redis_db("jobscli")
+    write_project(tmp_path, f"kind: Redis\nuri: '{redis_url('jobscli')}'\n")
+    p = Project(tmp_path, "Redis", redis_url("jobscli"))
+    p.enqueue({"worker": REPORT, "args": {"n": -1}}, {"worker": REPORT, "args": {"n": -2}})
+
+    def failed() -> list[dict[str, Any]]:
+        return [json.loads(line) for line in p.ok("jobs", "failed", "--json").splitlines()]
+
+    run_worker_until(p, ("reports",), lambda: len(failed()) == 2, "both jobs to fail")
+    ids = {job["id"] for job in failed()}
+    assert p.ok("jobs", "retry", "--all-failed").strip() == "requeued 2 failed jobs"
+    assert failed() == []
+    assert {json.loads(p.ok("jobs", "show", i, "--json"))["status"] for i in ids} == {"queued"}
+    assert p.counts()["counts"]["reports"] == {"queued": 2, "reserved": 0}
     flush_redis_db("jobscli")
 
 

@@ -6,26 +6,20 @@ when any failed. A queue URI's password is masked in every line printed.
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.cli import Context, cli
 from unified_jobs.cli._app import AppNotFoundError, find_app_spec, load_app
-from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, QueueConfig, load_config
+from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, load_config
 from unified_jobs.errors import ConfigError, UnifiedJobsError
 from unified_jobs.jobs import Jobs
-
-if TYPE_CHECKING:
-    from celery import Celery
 
 __all__ = ["DoctorReport", "doctor"]
 
@@ -121,7 +115,7 @@ def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
     if config is not None:
         _describe(report, config, jobs)
         if config.workers.mode == "BackgroundQueue" and config.queue is not None:
-            _check_queue(report, config, jobs, fix=fix, timeout=timeout)
+            _check_queue(report, config, fix=fix, timeout=timeout)
         if jobs is not None:
             _list_workers(report, jobs)
     if report.problems:
@@ -182,111 +176,13 @@ def _describe(report: DoctorReport, config: Config, jobs: Jobs | None) -> None:
         report.warn("queue", "dangerously_flush is on: each worker start deletes every queued job")
 
 
-def _check_queue(
-    report: DoctorReport, config: Config, jobs: Jobs | None, *, fix: bool, timeout: float
-) -> None:
-    queue = config.queue
-    assert queue is not None
-    if queue.kind == "Redis":
-        _check_redis(report, config, jobs, timeout)
-    else:
-        _check_sql(report, queue, fix=fix, timeout=timeout)
+def _check_queue(report: DoctorReport, config: Config, *, fix: bool, timeout: float) -> None:
+    """The queue kind's own health checks (does the broker answer; are the SQL tables there)."""
+    from unified_jobs.adapters.celery.kinds import kind_for
 
-
-def _check_redis(report: DoctorReport, config: Config, jobs: Jobs | None, timeout: float) -> None:
-    queue = config.queue
-    assert queue is not None
-    where = f"Redis at {mask_uri(queue.uri)}"
-    try:
-        app: Celery = (jobs if jobs is not None else Jobs(config)).celery
-        conn = app.connection_for_write()
-    except Exception as exc:
-        report.fail("queue", f"{where}: cannot set up a connection: {exc}")
-        return
-    conn.connect_timeout = timeout
-    # A new dict: the Celery app's own transport options are left as they are.
-    conn.transport_options = {**conn.transport_options, "socket_timeout": timeout}
-    started = time.monotonic()
-    try:
-        conn.ensure_connection(max_retries=0)  # the Redis channel PINGs the server
-    except Exception as exc:
-        report.fail("queue", f"{where} did not answer: {str(exc).rstrip('.')}; is it running and reachable?")
-        return
-    finally:
-        conn.release()
-    report.ok("queue", f"{where} answered PING in {(time.monotonic() - started) * 1000:.0f} ms")
-
-
-def _check_sql(report: DoctorReport, queue: QueueConfig, *, fix: bool, timeout: float) -> None:
-    from sqlalchemy import inspect, select
-    from sqlalchemy.engine import make_url
-
-    from unified_jobs.adapters.sql import DEFAULT_TABLE_PREFIX, SCHEMA_VERSION, broker_url
-    from unified_jobs.adapters.sql.engine import get_engine, normalize_db_url
-    from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
-
-    where = f"{queue.kind} at {mask_uri(queue.uri)}"
-    try:
-        broker_url(queue.kind, queue.uri)  # checks that the URI fits the kind
-    except ConfigError as exc:
-        report.fail("queue", str(exc))
-        return
-    url = make_url(normalize_db_url(queue.uri))
-    if queue.kind == "Postgres":
-        if "connect_timeout" not in url.query:  # libpq's own parameter; 2 s is its minimum
-            url = url.update_query_dict({"connect_timeout": str(max(2, math.ceil(timeout)))})
-    else:
-        database = url.database or ""
-        if not fix and not Path(database).is_file():
-            report.fail(
-                "queue",
-                f"{where}: the SQLite file {database} does not exist; run `unified-jobs doctor --fix` "
-                "to create it with the queue's tables",
-            )
-            return
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
-    # ``table_prefix`` is a config key of the SQL kinds (default: the transport's own).
-    tables = tables_for(getattr(queue, "table_prefix", None) or DEFAULT_TABLE_PREFIX)
-    try:
-        engine = get_engine(url.render_as_string(hide_password=False))
-        with engine.connect() as conn:
-            has_jobs = inspect(conn).has_table(tables.jobs.name)
-            version = 0
-            if inspect(conn).has_table(tables.version.name):
-                versions = conn.execute(select(tables.version.c.version)).scalars().all()
-                version = max(versions, default=0)
-            conn.rollback()
-    except Exception as exc:
-        reason = str(getattr(exc, "orig", None) or exc)
-        report.fail("queue", f"cannot connect to {where}: {reason}")
-        return
-    report.ok("queue", f"connected to {where}")
-    if has_jobs and version == SCHEMA_VERSION:
-        report.ok("schema", f"table {tables.jobs.name} is at schema version {version}")
-        return
-    if version > SCHEMA_VERSION:
-        report.fail(
-            "schema",
-            f"table {tables.jobs.name} is at schema version {version}, newer than this unified_jobs "
-            f"({SCHEMA_VERSION}); upgrade unified_jobs",
-        )
-        return
-    state = "missing" if not has_jobs else f"at schema version {version}, not {SCHEMA_VERSION}"
-    if not fix:
-        report.fail(
-            "schema",
-            f"table {tables.jobs.name} is {state}; run `unified-jobs doctor --fix` to create it "
-            "(a worker also does on start, if its database user may create tables)",
-        )
-        return
-    try:
-        version = ensure_schema_on(engine, tables)
-    except Exception as exc:
-        report.fail(
-            "schema", f"could not create table {tables.jobs.name}: {getattr(exc, 'orig', None) or exc}"
-        )
-        return
-    report.ok("schema", f"table {tables.jobs.name} was {state}; created it (schema version {version})")
+    assert config.queue is not None
+    for level, topic, message in kind_for(config.queue, config.workers).health(fix=fix, timeout=timeout):
+        getattr(report, level)(topic, message)
 
 
 def _list_workers(report: DoctorReport, jobs: Jobs) -> None:

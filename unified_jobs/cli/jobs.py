@@ -25,11 +25,15 @@ from unified_jobs.errors import UnifiedJobsError
 from unified_jobs.jobs import Jobs
 
 if TYPE_CHECKING:
+    from unified_jobs.adapters.celery.kinds import QueueKind
     from unified_jobs.adapters.sql.store import JobCounts, JobStore, Progress
 
 __all__ = ["jobs_group"]
 
 FC = TypeVar("FC", bound=Callable[..., Any])
+
+#: ``jobs retry --all-failed`` on a kind without a job table enqueues at most this many.
+RETRY_ALL_LIMIT = 100_000
 
 #: Every status a job row can have (Loco's names); ``schema.STATUSES`` without importing SQLAlchemy.
 STATUSES = ("queued", "processing", "completed", "failed", "cancelled")
@@ -77,17 +81,24 @@ def _queue_of(jobs: Jobs, command: str) -> QueueConfig:
 
 
 def _store(obj: Context, command: str) -> JobStore:
-    """The SQL job store of the app's queue; a clear error on Redis or outside BackgroundQueue."""
+    """The job table of the app's queue; a clear error if its kind keeps none, or outside
+    BackgroundQueue."""
     queue = _queue_of(obj.jobs(), command)
-    if queue.kind == "Redis":
+    table: JobStore | None = _kind(obj.jobs()).job_table()
+    if table is None:
         raise UnifiedJobsError(
-            f"`jobs {command}` needs a job store: a Postgres or Sqlite queue (queue.kind). This app's "
-            f"queue is Redis ({mask_uri(queue.uri)}), which keeps only lists of queued messages, no "
-            "job records to change; `jobs list` shows their lengths"
+            f"`jobs {command}` needs a job table: a Postgres or Sqlite queue (queue.kind). This app's "
+            f"queue is {queue.kind} ({mask_uri(queue.uri)}), which keeps only lists of queued messages, "
+            "no job records to change; `jobs list` shows their lengths"
         )
-    from unified_jobs.adapters.sql.store import JobStore
+    return table
 
-    return JobStore(queue.uri, queue.table_prefix)
+
+def _kind(jobs: Jobs) -> QueueKind:
+    """The queue kind's plug-in (call ``_queue_of`` first: it says why there is none)."""
+    kind = jobs.celery_bridge().kind
+    assert kind is not None
+    return kind
 
 
 def _unknown_worker_note(obj: Context, name: str | None, matched: int) -> None:
@@ -173,13 +184,13 @@ def list_jobs(
     each of the app's queues (all priority levels) and the jobs workers have reserved.
     """
     queue = _queue_of(obj.jobs(), "list")
-    if queue.kind == "Redis":
+    if _kind(obj.jobs()).job_table() is None:
         if status or worker or jobs:
             raise UnifiedJobsError(
-                "--status, --worker and --jobs need a job store (a Postgres or Sqlite queue); "
-                "on Redis `jobs list` shows queue lengths only"
+                "--status, --worker and --jobs need a job table (a Postgres or Sqlite queue); "
+                f"on {queue.kind} `jobs list` shows queue lengths only"
             )
-        _list_redis(obj.jobs(), queue, output)
+        _list_lengths(obj.jobs(), queue, output)
         return
     store = _store(obj, "list")
     counts = store.counts(status, worker)
@@ -257,29 +268,11 @@ def _jobs_table(rows: list[Any], limit: int) -> None:
     console.print(table)
 
 
-def _list_redis(jobs: Jobs, queue: QueueConfig, output: str) -> None:
-    names = jobs.celery_bridge().worker_queues()
-    queued: dict[str, int] = {}
-    reserved: dict[str, int] = {}
-    with jobs.celery.connection_for_read() as conn:
-        channel: Any = conn.default_channel
-        client = channel.client
-        for name in names:
-            # kombu keeps one list per priority level: "<queue>" and "<queue>\x06\x16<n>".
-            keys = dict.fromkeys(channel._q_for_pri(name, pri) for pri in channel.priority_steps)
-            queued[name] = sum(int(client.llen(key)) for key in keys)
-        # Jobs a worker took and has not acked (running, prefetched, or waiting for their eta).
-        for _tag, raw in client.hscan_iter(channel.unacked_key, count=500):
-            try:
-                routing_key = json.loads(raw)[2]
-            except (ValueError, IndexError, TypeError):
-                continue
-            reserved[routing_key] = reserved.get(routing_key, 0) + 1
-    for name in reserved:
-        queued.setdefault(name, 0)
+def _list_lengths(jobs: Jobs, queue: QueueConfig, output: str) -> None:
+    queued, reserved = _kind(jobs).queue_lengths(jobs.celery, jobs.celery_bridge().worker_queues())
     if output == "json":
         counts = {name: {"queued": n, "reserved": reserved.get(name, 0)} for name, n in queued.items()}
-        click.echo(json.dumps({"kind": "Redis", "counts": counts}, indent=2))
+        click.echo(json.dumps({"kind": queue.kind, "counts": counts}, indent=2))
         return
     from rich.table import Table
 
@@ -355,8 +348,11 @@ def requeue(obj: Context, from_age: float) -> None:
 @click.option("--name", metavar="WORKER", show_envvar=True, help="Only this worker's jobs.")
 @click.pass_obj
 def retry(obj: Context, job_id: str | None, all_failed: bool, name: str | None) -> None:
-    """Enqueue one failed job again by ID (every kind), or put every `failed` job (of a
-    worker, with --name) back to `queued` (SQL kinds; attempts reset, the last error kept)."""
+    """Enqueue one failed job again by ID, or every `failed` job (of a worker, with --name).
+
+    Attempts start over. On the SQL kinds the rows go back to `queued` in one statement (the
+    last error kept); on Redis each failed job of the failed store is enqueued again.
+    """
     if job_id is not None:
         if all_failed or name:
             raise click.UsageError("give a job ID, or --all-failed / --name, not both")
@@ -365,7 +361,12 @@ def retry(obj: Context, job_id: str | None, all_failed: bool, name: str | None) 
         if not ok:
             raise SystemExit(1)
         return
-    n = _store(obj, "retry").retry(name)
+    jobs = obj.jobs()
+    _queue_of(jobs, "retry")
+    if _kind(jobs).job_table() is None:  # one by one, from the kind's failed store
+        n = sum(jobs.retry(info.id) for info in jobs.failed(name, limit=RETRY_ALL_LIMIT))
+    else:
+        n = _store(obj, "retry").retry(name)
     click.echo(f"requeued {_plural(n, 'failed job')}{f' of {name}' if name else ''}")
     _unknown_worker_note(obj, name, n)
 

@@ -35,7 +35,7 @@ class CeleryQueueAdapter(Adapter):
         self._queue = bridge.kind.queue
         self.executor = executor
         self.store = bridge.kind.store
-        self.capabilities = Capabilities(cancel_running=self._queue.kind == "Redis")  # type: ignore[misc]
+        self.capabilities = Capabilities(cancel_running=bridge.kind.cancel_running)  # type: ignore[misc]
 
     def _record(self, jobs: list[Job], what: str) -> None:
         try:

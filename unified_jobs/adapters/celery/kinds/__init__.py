@@ -1,17 +1,21 @@
 """Queue kinds as plug-ins: each module gives a ``QueueKind`` (broker settings, priority
-mapping, job store, delivery counting). Adding a kind is one module and one entry here."""
+mapping, job store, delivery counting, health checks, and what ``unified-jobs jobs`` can see).
+Adding a kind is one module and one entry here; no other module tests a kind's name."""
 
 from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 if TYPE_CHECKING:
     from unified_jobs.config import QueueConfig, WorkersConfig
     from unified_jobs.core.store import JobStore
 
-__all__ = ["KINDS", "QueueKind", "kind_for"]
+__all__ = ["KINDS", "Check", "QueueKind", "kind_for"]
+
+#: One line of ``doctor``: ("ok" | "warn" | "fail", topic, message).
+Check = tuple[Literal["ok", "warn", "fail"], str, str]
 
 #: Kind name (``queue.kind``) -> ``module:attribute`` of its ``QueueKind``.
 KINDS: dict[str, str] = {
@@ -23,6 +27,9 @@ KINDS: dict[str, str] = {
 
 class QueueKind(ABC):
     """What differs between queue kinds, and nothing else."""
+
+    #: Whether ``jobs.cancel`` can reach a job already running in a worker process.
+    cancel_running: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, workers: WorkersConfig) -> None:
         self.queue = queue
@@ -51,6 +58,20 @@ class QueueKind(ABC):
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         """Called in the worker's main process when a job's pool process died: how many of the
         job's deliveries have now ended so (this one included)."""
+
+    @abstractmethod
+    def health(self, *, fix: bool, timeout: float) -> list[Check]:
+        """Whether the broker answers within ``timeout`` seconds (and, with ``fix``, repair
+        what can be repaired, such as missing tables)."""
+
+    def job_table(self) -> Any:
+        """The table of every job that the bulk ``jobs`` commands (list by status, requeue,
+        tidy, purge, dump, import, cancel by name) work on, or None if the kind keeps none."""
+        return None
+
+    def queue_lengths(self, app: Any, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        """For a kind without a job table: (queued, reserved by a worker) per queue name."""
+        raise NotImplementedError(f"{type(self).__name__} has a job table; count its rows")
 
 
 def kind_for(queue: QueueConfig, workers: WorkersConfig) -> QueueKind:

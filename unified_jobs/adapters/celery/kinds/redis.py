@@ -10,13 +10,15 @@ failed ones stay until discarded.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 import redis
 
-from unified_jobs.adapters.celery.kinds import QueueKind
+from unified_jobs._uri import mask_uri
+from unified_jobs.adapters.celery.kinds import Check, QueueKind
 from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.store import JobStore, StartCheck
@@ -234,6 +236,8 @@ def _both(job: Job) -> str:
 
 
 class RedisKind(QueueKind):
+    cancel_running = True
+
     def broker_settings(self) -> dict[str, Any]:
         queue = self.queue
         restore_every = max(1, min(10, queue.visibility_timeout // 4))
@@ -260,3 +264,46 @@ class RedisKind(QueueKind):
         store = self.store
         assert isinstance(store, RedisJobStore)
         return store.note_lost(task_id)
+
+    def health(self, *, fix: bool, timeout: float) -> list[Check]:
+        from kombu.connection import Connection
+
+        settings = self.broker_settings()
+        where = f"Redis at {mask_uri(self.queue.uri)}"
+        try:
+            options = {**settings["broker_transport_options"], "socket_timeout": timeout}
+            conn: Any = Connection(  # type: ignore[no-untyped-call]
+                settings["broker_url"], connect_timeout=timeout, transport_options=options
+            )
+        except Exception as exc:
+            return [("fail", "queue", f"{where}: cannot set up a connection: {exc}")]
+        started = time.monotonic()
+        try:
+            conn.ensure_connection(max_retries=0)  # the Redis channel PINGs the server
+        except Exception as exc:
+            why = str(exc).rstrip(".")
+            return [("fail", "queue", f"{where} did not answer: {why}; is it running and reachable?")]
+        finally:
+            conn.release()
+        return [("ok", "queue", f"{where} answered PING in {(time.monotonic() - started) * 1000:.0f} ms")]
+
+    def queue_lengths(self, app: Any, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        queued: dict[str, int] = {}
+        reserved: dict[str, int] = {}
+        with app.connection_for_read() as conn:
+            channel: Any = conn.default_channel
+            client = channel.client
+            for name in names:
+                # kombu keeps one list per priority level: "<queue>" and "<queue>\x06\x16<n>".
+                keys = dict.fromkeys(channel._q_for_pri(name, pri) for pri in channel.priority_steps)
+                queued[name] = sum(int(client.llen(key)) for key in keys)
+            # Jobs a worker took and has not acked (running, prefetched, or waiting for their eta).
+            for _tag, raw in client.hscan_iter(channel.unacked_key, count=500):
+                try:
+                    routing_key = json.loads(raw)[2]
+                except (ValueError, IndexError, TypeError):
+                    continue
+                reserved[routing_key] = reserved.get(routing_key, 0) + 1
+        for name in reserved:
+            queued.setdefault(name, 0)
+        return queued, reserved

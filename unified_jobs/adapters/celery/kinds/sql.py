@@ -9,16 +9,20 @@ task id is the job.
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
+from pathlib import Path
 from typing import Any, cast
 
 from sqlalchemy.engine import Row
 
-from unified_jobs.adapters.celery.kinds import QueueKind
+from unified_jobs._uri import mask_uri
+from unified_jobs.adapters.celery.kinds import Check, QueueKind
 from unified_jobs.adapters.sql import queries
 from unified_jobs.adapters.sql.store import JobStore as SqlTable
 from unified_jobs.core.job import JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.store import JobStore
+from unified_jobs.errors import ConfigError
 
 __all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "split_error"]
 
@@ -134,3 +138,74 @@ class SqlKind(QueueKind):
             return int(str(delivery_tag).rsplit(".", 1)[1])
         except (IndexError, ValueError):
             return 1
+
+    def job_table(self) -> SqlTable:
+        return SqlTable(self.queue.uri, self.queue.table_prefix)
+
+    def health(self, *, fix: bool, timeout: float) -> list[Check]:
+        from sqlalchemy import inspect, select
+        from sqlalchemy.engine import make_url
+
+        from unified_jobs.adapters.sql import SCHEMA_VERSION, broker_url
+        from unified_jobs.adapters.sql.engine import get_engine, normalize_db_url
+        from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
+
+        queue = self.queue
+        where = f"{queue.kind} at {mask_uri(queue.uri)}"
+        try:
+            broker_url(queue.kind, queue.uri)  # checks that the URI fits the kind
+        except ConfigError as exc:
+            return [("fail", "queue", str(exc))]
+        url = make_url(normalize_db_url(queue.uri))
+        if queue.kind == "Postgres":
+            if "connect_timeout" not in url.query:  # libpq's own parameter; 2 s is its minimum
+                url = url.update_query_dict({"connect_timeout": str(max(2, math.ceil(timeout)))})
+        else:
+            database = url.database or ""
+            if not fix and not Path(database).is_file():
+                return [
+                    (
+                        "fail",
+                        "queue",
+                        f"{where}: the SQLite file {database} does not exist; run `unified-jobs doctor "
+                        "--fix` to create it with the queue's tables",
+                    )
+                ]
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        tables = tables_for(queue.table_prefix)
+        try:
+            engine = get_engine(url.render_as_string(hide_password=False))
+            with engine.connect() as conn:
+                has_jobs = inspect(conn).has_table(tables.jobs.name)
+                version = 0
+                if inspect(conn).has_table(tables.version.name):
+                    versions = conn.execute(select(tables.version.c.version)).scalars().all()
+                    version = max(versions, default=0)
+                conn.rollback()
+        except Exception as exc:
+            reason = str(getattr(exc, "orig", None) or exc)
+            return [("fail", "queue", f"cannot connect to {where}: {reason}")]
+        checks: list[Check] = [("ok", "queue", f"connected to {where}")]
+        name = tables.jobs.name
+        if has_jobs and version == SCHEMA_VERSION:
+            return [*checks, ("ok", "schema", f"table {name} is at schema version {version}")]
+        if version > SCHEMA_VERSION:
+            why = f"newer than this unified_jobs ({SCHEMA_VERSION}); upgrade unified_jobs"
+            return [*checks, ("fail", "schema", f"table {name} is at schema version {version}, {why}")]
+        state = "missing" if not has_jobs else f"at schema version {version}, not {SCHEMA_VERSION}"
+        if not fix:
+            return [
+                *checks,
+                (
+                    "fail",
+                    "schema",
+                    f"table {name} is {state}; run `unified-jobs doctor --fix` to create it "
+                    "(a worker also does on start, if its database user may create tables)",
+                ),
+            ]
+        try:
+            version = ensure_schema_on(engine, tables)
+        except Exception as exc:
+            cause = getattr(exc, "orig", None) or exc
+            return [*checks, ("fail", "schema", f"could not create table {name}: {cause}")]
+        return [*checks, ("ok", "schema", f"table {name} was {state}; created it (schema version {version})")]
