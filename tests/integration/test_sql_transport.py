@@ -135,7 +135,7 @@ def test_a_dead_consumers_job_comes_back_after_its_lease(sqlq: SqlQueue) -> None
         channel = dq.channel
         channel._heartbeat.stop()
         channel.qos.restore_at_shutdown = False
-        channel._claims.clear()
+        channel.leases.forget_all()
         aq = alive.SimpleQueue("q")
         taken = time.monotonic()
         m = aq.get(timeout=5)

@@ -1,6 +1,8 @@
-"""The SQL transport's kombu channel: rows in, messages out, outcomes written back.
+"""The SQL transport's kombu channel: the thin kombu side of the lease engine.
 
-See ``transport.py`` for the life of a message, and docs/explanation/sql-queue.md.
+Rows in (``_put``), claimed rows out as kombu messages (``drain_events``), and kombu's acks,
+rejects and restores handed to ``leases.Leases``, which does every write. See
+``transport.py`` for the life of a message, and docs/explanation/sql-queue.md.
 """
 
 from __future__ import annotations
@@ -10,39 +12,29 @@ import json
 import logging
 import os
 import socket
-import threading
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable
+from datetime import datetime
 from queue import Empty
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from kombu.transport import virtual
-from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Row
 
 from unified_jobs.adapters.sql.background import AckWriter, Heartbeat
+from unified_jobs.adapters.sql.leases import Action, Leases, aware, utcnow
 from unified_jobs.adapters.sql.schema import ensure_schema_on
 from unified_jobs.adapters.sql.wakeup import poke_local
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.sql.transport import Transport
 
+
 __all__ = ["Channel", "QoS", "utcnow"]
 
 logger = logging.getLogger(__name__)
 
-_UTC = timezone.utc
 _BAD_PAYLOAD_ERRORS = (ValueError, TypeError, KeyError, AttributeError, binascii.Error)
-
-
-def utcnow() -> datetime:
-    return datetime.now(_UTC)
-
-
-def _aware(value: datetime) -> datetime:
-    # SQLite hands datetimes back naive; we only ever store UTC.
-    return value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
 
 
 def _run_at(eta: Any, now: datetime) -> datetime:
@@ -55,7 +47,7 @@ def _run_at(eta: Any, now: datetime) -> datetime:
         logger.warning("unreadable eta header %r; the job is ready now", eta)
         return now
     # Celery sends UTC; a naive eta is read as UTC. A past eta is stored as now (FIFO order).
-    return max(_aware(when).astimezone(_UTC), now)
+    return max(aware(when).astimezone(now.tzinfo), now)
 
 
 def _priority(value: Any) -> int:
@@ -67,11 +59,6 @@ def _priority(value: Any) -> int:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)[:255]
-
-
-class _Claim(NamedTuple):
-    id: int
-    attempts: int
 
 
 class QoS(virtual.QoS):
@@ -105,22 +92,19 @@ class Channel(virtual.Channel):
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
         super().__init__(connection, **kwargs)  # type: ignore[no-untyped-call]
         self.options = connection.options
-        self.engine = connection.engine
-        self.q = connection.queries
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
-        self._claims: dict[str, _Claim] = {}
-        self._claims_lock = threading.Lock()
-        #: Why a delivered job failed (set by the worker just before it rejects the job).
-        self._failure_notes: dict[str, str] = {}
-        #: Delivered jobs republished for a retry (their ack deletes the old row).
-        self._superseded: set[str] = set()
+        owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
+        self.leases = Leases(
+            connection.engine, connection.queries, self.options, owner, on_free=connection.wakeup.set
+        )
         self._no_ack_queues: set[str] = set()
         self._heartbeat: Heartbeat | None = None
-        self._acks: list[str] = []
         self._ack_writer: AckWriter | None = None
-        #: After an empty claim: when the earliest queued job of our queues is due (or None).
-        self.next_due: datetime | None = None
-        ensure_schema_on(self.engine, connection.tables)
+        ensure_schema_on(connection.engine, connection.tables)
+
+    @property
+    def next_due(self) -> datetime | None:
+        """After an empty claim: when the earliest queued job of our queues is due (or None)."""
+        return self.leases.next_due
 
     # --- kombu virtual channel API -----------------------------------------------------
 
@@ -134,34 +118,29 @@ class Channel(virtual.Channel):
         props = message.get("properties") or {}
         headers = message.get("headers") or {}
         now = utcnow()
-        params = {
-            "queue": queue,
-            "task_name": _text(headers.get("task")),
-            "task_id": _text(headers.get("id") or props.get("correlation_id")),
-            "payload": json.dumps(message),
-            "priority": _priority(props.get("priority")),
-            "run_at": _run_at(headers.get("eta"), now),
-            "now": now,
-        }
-        with self.engine.begin() as conn:
-            conn.execute(self.q.enqueue, params)
+        self.leases.enqueue(
+            queue=queue,
+            payload=json.dumps(message),
+            task_name=_text(headers.get("task")),
+            task_id=_text(headers.get("id") or props.get("correlation_id")),
+            priority=_priority(props.get("priority")),
+            run_at=_run_at(headers.get("eta"), now),
+            now=now,
+        )
         poke_local(self.connection.local_key)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
-        for row in self._claim([queue], 1):
+        for row in self.leases.claim([queue], 1):
             payload = self._decode(row)
             if payload is not None:
                 return payload
         raise Empty()
 
     def _purge(self, queue: str) -> int:
-        with self.engine.begin() as conn:
-            return int(conn.execute(self.q.purge, {"queue": queue}).rowcount)
+        return self.leases.purge(queue)
 
     def _size(self, queue: str) -> int:
-        with self.engine.begin() as conn:
-            n: int = conn.execute(self.q.size, {"queue": queue}).scalar_one()
-            return n
+        return self.leases.size(queue)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
@@ -177,7 +156,7 @@ class Channel(virtual.Channel):
         return result
 
     def drain_events(self, timeout: float | None = None, callback: Callable[..., Any] | None = None) -> None:
-        self.next_due = None
+        self.leases.next_due = None
         if not self._consumers or not self.qos.can_consume():
             raise Empty()
         # Pidbox (remote control) queues are fed through fanout exchanges, which this
@@ -187,7 +166,7 @@ class Channel(virtual.Channel):
             raise Empty()
         room = self.qos.can_consume_max_estimate()
         limit = min(self.options.batch_size, room) if room else self.options.batch_size
-        rows = self._claim(queues, limit)
+        rows = self.leases.claim(queues, limit)
         if not rows:
             raise Empty()
         deliver: Callable[..., Any] = callback or self.connection._deliver
@@ -198,7 +177,7 @@ class Channel(virtual.Channel):
             try:
                 deliver(payload, queue)
             except BaseException:
-                self._release([p["properties"]["delivery_tag"] for _, p in batch[i + 1 :]])
+                self.leases.release([p["properties"]["delivery_tag"] for _, p in batch[i + 1 :]])
                 raise
             if queue in self._no_ack_queues:
                 self.settle(payload["properties"]["delivery_tag"], "ack")
@@ -214,36 +193,12 @@ class Channel(virtual.Channel):
             if self._heartbeat is not None:
                 self._heartbeat.stop()
                 self._heartbeat = None
-            self.release_all()
+            self.leases.release_all()
 
     # --- rows ---------------------------------------------------------------------------
 
-    def _begin_fast(self, conn: Connection) -> None:
-        if self.q.async_commit is not None and self.options.async_commit:
-            conn.execute(self.q.async_commit)
-
-    def _claim(self, queues: Sequence[str], limit: int) -> list[Row[Any]]:
-        now = utcnow()
-        params = {
-            "queues": list(queues),
-            "limit": limit,
-            "now": now,
-            "owner": self.owner,
-            "lease_until": now + timedelta(seconds=self.options.lease_sec),
-        }
-        with self.engine.begin() as conn:
-            self._begin_fast(conn)
-            rows = list(conn.execute(self.q.claim, params).all())
-            if not rows:
-                due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
-                self.next_due = _aware(due) if isinstance(due, datetime) else None
-                return []
-        # RETURNING does not keep the subquery's order.
-        rows.sort(key=lambda r: (-r.priority, _aware(r.run_at), r.id))
-        return rows
-
     def _decode(self, row: Row[Any]) -> dict[str, Any] | None:
-        """The kombu message of a claimed row, registered as ours; None (row failed) if bad."""
+        """The kombu message of a claimed row, held as ours; None (row failed) if bad."""
         try:
             payload = json.loads(row.payload)
             if not isinstance(payload, dict):
@@ -257,152 +212,44 @@ class Channel(virtual.Channel):
                 if payload.get("content-type") == "application/json":
                     json.loads(decoded)
         except _BAD_PAYLOAD_ERRORS as exc:
-            reason = f"undecodable payload: {type(exc).__name__}: {exc}"
-            logger.error("job %s in queue %r marked failed: %s", row.id, row.queue, reason)
-            self._write(self.q.fail, [self._params(_Claim(row.id, row.attempts), error=reason)])
+            self.leases.fail_unreadable(row, f"undecodable payload: {type(exc).__name__}: {exc}")
             return None
-        # A tag per claim, so two claims of one row (after a lost lease) never collide.
-        tag = f"{row.id}.{row.attempts}"
-        props["delivery_tag"] = tag
+        props["delivery_tag"] = self.leases.hold(row)
         info = props.get("delivery_info")
         if isinstance(info, dict):
             info["redelivered"] = row.attempts > 1
-        with self._claims_lock:
-            self._claims[tag] = _Claim(row.id, row.attempts)
         return payload
 
-    def _params(self, claim: _Claim, **extra: Any) -> dict[str, Any]:
-        ident = {"job_id": claim.id, "claim_attempts": claim.attempts, "owner": self.owner}
-        return {**ident, "now": utcnow(), **extra}
-
-    def _write(self, stmt: Any, params: list[dict[str, Any]]) -> int:
-        """Run ``stmt`` for each params dict in one transaction; rows changed (-1 if unknown)."""
-        if not params:
-            return 0
-        with self.engine.begin() as conn:
-            self._begin_fast(conn)
-            return int(conn.execute(stmt, params).rowcount)
-
-    def settle(self, delivery_tag: str, action: str) -> None:
+    def settle(self, delivery_tag: str, action: Action) -> None:
         """Record the outcome of one delivered job: "ack", "reject" or "requeue".
 
         Acks of a consuming channel are written by its ack writer thread, many per
         transaction; the job stays leased (and heartbeated) until the write. Rejects and
         requeues are written at once.
         """
-        with self._claims_lock:
-            if action == "ack" and delivery_tag in self._failure_notes:
-                action = "reject"  # a failed job is acked (as Celery does); its row says failed
-            elif action == "ack" and delivery_tag in self._superseded:
-                self._superseded.discard(delivery_tag)
-                action = "supersede"
+        action = self.leases.resolve(delivery_tag, action)
         if action == "ack" and self._ack_writer is not None:
-            with self._claims_lock:
-                if delivery_tag not in self._claims:
-                    return
-                self._acks.append(delivery_tag)
-            self._ack_writer.poke()
-            self.connection.wakeup.set()  # a prefetch slot is free
+            if self.leases.queue_ack(delivery_tag):
+                self._ack_writer.poke()
+                self.connection.wakeup.set()  # a prefetch slot is free
             return
-        with self._claims_lock:
-            claims = self._pop_claims([delivery_tag])
-            note = self._failure_notes.pop(delivery_tag, None)
-        self._write_outcome(claims, action, error=note)
+        self.leases.settle(delivery_tag, action)
 
     def note_failure(self, delivery_tag: str, error: str) -> None:
-        """Record why a job failed; its coming ack or reject writes the row failed, with this as
-        its ``last_error``."""
-        with self._claims_lock:
-            if delivery_tag in self._claims:
-                self._failure_notes[delivery_tag] = error[:16000]
+        """Why a delivered job failed (``JobRequest`` calls this before the job is acked)."""
+        self.leases.note_failure(delivery_tag, error)
 
     def note_superseded(self, delivery_tag: str) -> None:
-        """The job was republished for a retry: its coming ack deletes this row."""
-        with self._claims_lock:
-            if delivery_tag in self._claims:
-                self._superseded.add(delivery_tag)
+        """The delivered job was republished for a retry: its ack deletes this row."""
+        self.leases.note_superseded(delivery_tag)
 
     def flush_acks(self) -> None:
-        """Write the pending acks now."""
-        with self._claims_lock:
-            tags, self._acks = self._acks, []
-            claims = self._pop_claims(tags)
-        self._write_outcome(claims, "ack")
-
-    def _pop_claims(self, tags: Sequence[str]) -> list[_Claim]:
-        return [c for t in tags if (c := self._claims.pop(t, None)) is not None]
-
-    def _write_outcome(self, claims: list[_Claim], action: str, error: str | None = None) -> None:
-        if not claims:
-            return
-        if action == "ack":
-            stmt = self.q.complete if self.options.on_ack == "complete" else self.q.delete_claimed
-            params = [self._params(c) for c in claims]
-        elif action == "supersede":
-            stmt, params = self.q.delete_claimed, [self._params(c) for c in claims]
-        elif action == "reject":
-            error = error or "rejected by the consumer (requeue=False)"
-            stmt, params = self.q.fail, [self._params(c, error=error) for c in claims]
-        else:
-            stmt, params = self.q.requeue, [self._params(c) for c in claims]
-        try:
-            changed = self._write(stmt, params)
-        except SQLAlchemyError:
-            # The leases will expire and the jobs run again: at-least-once, never lost.
-            logger.exception(
-                "could not record %s of job(s) %s; they will be redelivered", action, [c.id for c in claims]
-            )
-        else:
-            if 0 <= changed < len(claims):
-                logger.warning(
-                    "%d of %d job(s) lost their lease before their %s (they were redelivered, so may "
-                    "run twice): %s",
-                    len(claims) - changed,
-                    len(claims),
-                    action,
-                    [c.id for c in claims],
-                )
-        self.connection.wakeup.set()  # a prefetch slot is free
+        self.leases.flush_acks()
 
     def release_all(self) -> None:
-        """Write pending acks, then put every other job this channel holds back to queued."""
-        self.flush_acks()
-        with self._claims_lock:
-            claims = list(self._claims.values())
-            self._claims.clear()
-        self._requeue(claims)
-
-    def _release(self, tags: Sequence[str]) -> None:
-        with self._claims_lock:
-            claims = self._pop_claims(tags)
-        self._requeue(claims)
-
-    def _requeue(self, claims: list[_Claim]) -> None:
-        if not claims:
-            return
-        try:
-            self._write(self.q.requeue, [self._params(c) for c in claims])
-        except SQLAlchemyError:
-            logger.warning(
-                "could not requeue %d job(s) now; their leases will expire", len(claims), exc_info=True
-            )
+        self.leases.release_all()
 
     def heartbeat(self) -> None:
-        """Renew the leases of all jobs this channel holds, then requeue expired ones."""
-        with self._claims_lock:
-            ids = [c.id for c in self._claims.values()]
-        now = utcnow()
-        with self.engine.begin() as conn:
-            self._begin_fast(conn)
-            if ids:
-                until = now + timedelta(seconds=self.options.lease_sec)
-                conn.execute(self.q.heartbeat, {"ids": ids, "owner": self.owner, "lease_until": until})
-            if self.options.max_attempts:
-                limit = {"now": now, "max_attempts": self.options.max_attempts}
-                failed = conn.execute(self.q.reap_exhausted, limit)
-                if failed.rowcount:
-                    logger.error("%d job(s) failed: lease expired after max_attempts claims", failed.rowcount)
-            requeued = conn.execute(self.q.reap, {"now": now}).rowcount
-        if requeued:
-            logger.warning("%d job(s) requeued after their lease expired", requeued)
+        """Renew this channel's leases; requeue expired ones (and wake the consumer if any)."""
+        if self.leases.heartbeat():
             self.connection.wakeup.set()
