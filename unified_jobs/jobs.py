@@ -278,10 +278,8 @@ class Jobs:
     def celery_bridge(self) -> CeleryBridge:
         """The Celery side of the app, made on first use (it imports celery)."""
         if self._bridge is None:
-            from unified_jobs.adapters.celery.app import CeleryBridge
-
-            self._bridge = CeleryBridge(
-                self.config, self._executor, self._celery_app, current_adapter=lambda: self._adapter
+            self._bridge = adapters.celery_bridge(
+                self.config, self._executor, self._celery_app, lambda: self._adapter
             )
             for worker_cls in self._workers.values():
                 self._bridge.register_worker(worker_cls)

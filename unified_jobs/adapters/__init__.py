@@ -1,13 +1,16 @@
 """Adapters: one module per mode, and the Celery package for the queue kinds, all with the
-interface of ``base.Adapter``. ``build`` is the one mode -> adapter table.
+interface of ``base.Adapter``. ``build`` is the one mode -> adapter table, and
+``celery_bridge`` makes the Celery side; ``Jobs`` imports nothing else of this package but
+``base``, so no concrete adapter is imported before its mode is used.
 
-This package is the only place that imports celery, kombu, redis or database drivers.
+This package is the only place that imports celery, kombu, redis or database drivers
+(``tests/unit/test_layers.py`` checks it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.base import Adapter
@@ -15,7 +18,7 @@ if TYPE_CHECKING:
     from unified_jobs.config import Config
     from unified_jobs.core.executor import Executor
 
-__all__ = ["build"]
+__all__ = ["build", "celery_bridge"]
 
 
 def build(
@@ -40,3 +43,12 @@ def build(
         assert bridge is not None and config.queue is not None
         return CeleryQueueAdapter(bridge(), executor)
     raise ValueError(f"unknown mode {mode!r}")
+
+
+def celery_bridge(
+    config: Config, executor: Executor, existing: Any, current_adapter: Callable[[], Adapter]
+) -> CeleryBridge:
+    """The Celery side of an app: its own Celery app, or ``existing`` adopted."""
+    from unified_jobs.adapters.celery.app import CeleryBridge
+
+    return CeleryBridge(config, executor, existing, current_adapter=current_adapter)
