@@ -1,7 +1,13 @@
 """The harness the contract suite runs against: one parameter per adapter.
 
 Each backend gives a ``Jobs`` app built by ``contract_app.create_app`` and a way to wait for
-the records its jobs write. Queue backends add a real worker process.
+the records its jobs write. Queue backends add a real worker process. The recording backend is
+the test double of ``unified_jobs.testing``: its jobs run when the harness runs the queued jobs
+(``Harness.run_queued``), with the recorder's own ``perform_enqueued_jobs``, as a user's test does.
+
+Where backends legitimately differ (when a job runs, whether delays take real time, where a
+job's error goes), each declares it once in ``RUNS``; tests ask ``harness.runs``, never the
+backend's name.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +35,62 @@ from tests.conftest import (
 )
 from tests.contract import contract_app
 from tests.procs import WorkerProcess, unified_jobs_worker
-from unified_jobs import Jobs
+from unified_jobs import JobHandle, Jobs, Worker
+from unified_jobs.testing import JobRecorder
+
+
+@dataclass(frozen=True)
+class Runs:
+    """How a backend runs the jobs it is given, where backends legitimately differ."""
+
+    #: Where and when jobs run, as a phrase for skip reasons and messages.
+    where: str
+    #: A job has run by the time ``perform_later`` returns (ForegroundBlocking).
+    at_enqueue: bool = False
+    #: Nothing runs until the test runs the queued jobs (``Harness.run_queued``).
+    on_drain: bool = False
+    #: ``wait=``/``run_at=`` and retry backoffs take real time; else the job (or its next
+    #: attempt) runs at once.
+    waits: bool = True
+    #: A job's last error is raised to the code that ran it (``perform_later``'s caller, or
+    #: ``run_queued``'s); else it is only kept in the failed store.
+    raises: bool = False
+    #: Jobs run in the caller's thread until they end, so nothing can reach a running one.
+    in_callers_thread: bool = False
+    #: Jobs run in worker processes, which outlive a job that ends its process (``os._exit``).
+    in_worker_process: bool = False
+
+
+_QUEUE_WORKER = Runs(where="in a real worker process", in_worker_process=True)
+
+RUNS: dict[str, Runs] = {
+    "inline": Runs(
+        where="in the caller's thread before perform_later returns",
+        at_enqueue=True,
+        waits=False,  # InlineAdapter.capabilities.delay is False; retries run at once
+        raises=True,
+        in_callers_thread=True,
+    ),
+    "inprocess": Runs(where="in a pool of threads in the test process"),
+    # JobRecorder.perform_enqueued_jobs: nothing runs until it is called; then every recorded
+    # job runs in the caller's thread, "Delays and priorities are not honoured", a failed
+    # attempt "is retried at once", and "A job's exception propagates".
+    "recording": Runs(
+        where="in the test's thread, inside the recorder's perform_enqueued_jobs",
+        on_drain=True,
+        waits=False,
+        raises=True,
+        in_callers_thread=True,
+    ),
+    "redis": _QUEUE_WORKER,
+    "postgres": _QUEUE_WORKER,
+    "sqlite": _QUEUE_WORKER,
+}
+
+#: perform_enqueued_jobs stops at 100 jobs by default, a guard against jobs that enqueue
+#: themselves without end; the suite enqueues up to 200 at once, so it passes a higher limit=,
+#: as the recorder's error message says to.
+DRAIN_LIMIT = 10_000
 
 
 @dataclass
@@ -37,22 +98,44 @@ class Harness:
     backend: str
     jobs: Jobs
     record: Path
-    #: Jobs have run by the time perform_later returns.
-    inline: bool = False
+    runs: Runs
+    #: The recorder the recording backend runs its jobs with.
+    recorder: JobRecorder | None = field(default=None, repr=False)
 
     def records(self) -> list[dict[str, Any]]:
         text = self.record.read_text(encoding="utf-8")
         return [json.loads(line) for line in text.splitlines() if line.strip()]
 
+    def run_queued(self) -> None:
+        """Run the jobs that wait for the test to run them (the recorder's); else nothing.
+
+        A job's error propagates, as from the recorder's ``perform_enqueued_jobs``.
+        """
+        if self.recorder is not None:
+            self.recorder.perform_enqueued_jobs(limit=DRAIN_LIMIT)
+
+    def wait_until(self, check: Callable[[], Any], timeout: float = 20.0) -> Any:
+        """``check()`` once it is truthy (or its last value at ``timeout``), after running the
+        queued jobs where the test runs them: there nothing runs by itself, so it is not waited for."""
+        self.run_queued()
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value or self.runs.on_drain or time.monotonic() > deadline:
+                return value
+            time.sleep(0.02)
+
     def wait_for(
         self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 20.0
     ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
-            recs = self.records()
-            if predicate(recs) or time.monotonic() > deadline:
-                return recs
-            time.sleep(0.02)
+        recs: list[dict[str, Any]] = []
+
+        def check() -> bool:
+            recs[:] = self.records()
+            return predicate(recs)
+
+        self.wait_until(check, timeout)
+        return recs
 
     def wait_for_count(
         self, n: int, timeout: float = 20.0, worker: str | None = None
@@ -62,10 +145,38 @@ class Harness:
 
         return self.wait_for(enough, timeout)
 
+    def run_failing(
+        self,
+        worker: type[Worker[Any]],
+        args: dict[str, Any],
+        error: type[BaseException],
+        match: str | None = None,
+    ) -> str:
+        """Enqueue a job that is to end failed, and return its id.
+
+        Where a job's last error is raised to the code that ran it (``runs.raises``), check
+        that it is: from ``perform_later`` (ForegroundBlocking, where the one new failed job
+        gives the id) or from ``run_queued`` (the recorder). Elsewhere the job fails in the
+        background; wait for it with the job store.
+        """
+        if self.runs.at_enqueue:
+            before = {f.id for f in self.jobs.failed(worker)}
+            with pytest.raises(error, match=match):
+                worker.perform_later(args)
+            (job_id,) = {f.id for f in self.jobs.failed(worker)} - before
+            return job_id
+        handle: JobHandle = worker.perform_later(args)
+        if self.runs.raises:
+            with pytest.raises(error, match=match):
+                self.run_queued()
+        return handle.id
+
 
 BACKENDS: dict[str, dict[str, Any]] = {
     "inline": {"workers": {"mode": "ForegroundBlocking"}},
     "inprocess": {"workers": {"mode": "BackgroundAsync", "concurrency": 4}},
+    # the app's own mode is replaced by the recorder for the whole test (see the harness)
+    "recording": {"workers": {"mode": "ForegroundBlocking"}},
     "redis": {
         "workers": {"mode": "BackgroundQueue"},
         "queue": {"kind": "Redis", "uri": redis_url("contract")},
@@ -144,5 +255,16 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
     else:
         record = tmp_path / "record.jsonl"
     jobs = contract_app.create_app(config, str(record))
-    yield Harness(backend, jobs, record, inline=backend == "inline")
-    jobs.shutdown(wait=True, timeout=10)
+    recorder = JobRecorder(jobs).start() if backend == "recording" else None
+    runs = RUNS[backend]
+    # what is declared above agrees with what the adapters declare
+    assert jobs.adapter.supports_delay or not runs.waits, f"{backend}: declared to wait, but ignores delays"
+    assert not (runs.on_drain and jobs.adapter.capabilities.cancel_running), (
+        f"{backend}: cancels running jobs"
+    )
+    try:
+        yield Harness(backend, jobs, record, runs, recorder)
+    finally:
+        if recorder is not None:
+            recorder.stop()
+        jobs.shutdown(wait=True, timeout=10)

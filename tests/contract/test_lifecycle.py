@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -26,24 +25,13 @@ from tests.contract.contract_app import (
 from unified_jobs import JobInfo
 from unified_jobs.errors import TimeLimitExceeded
 
-QUEUE_KINDS = ("redis", "postgres", "sqlite")
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
 
 def settled(harness: Harness, job_id: str, status: str, timeout: float = 20.0) -> JobInfo:
     def reached() -> JobInfo | None:
         info = harness.jobs.job(job_id)
         return info if info is not None and info.status == status else None
 
-    info = wait_until(reached, timeout)
+    info = harness.wait_until(reached, timeout)
     assert info, f"job {job_id} did not become {status}: {harness.jobs.job(job_id)}"
     return info  # type: ignore[no-any-return]
 
@@ -60,20 +48,16 @@ def test_a_job_that_fails_twice_then_succeeds_runs_three_times(harness: Harness)
 
 
 def test_a_job_out_of_attempts_is_failed_with_its_traceback(harness: Harness) -> None:
-    if harness.inline:
-        with pytest.raises(ConnectionError, match="attempt 2 failed on purpose"):
-            FlakyTwice.perform_later({"fail_times": 5})
-        (failed,) = harness.jobs.failed(FlakyTwice)
-        job_id = failed.id
-    else:
-        job_id = FlakyTwice.perform_later({"fail_times": 5}).id
-        failed = settled(harness, job_id, "failed")
+    job_id = harness.run_failing(
+        FlakyTwice, {"fail_times": 5}, ConnectionError, "attempt 2 failed on purpose"
+    )
+    failed = settled(harness, job_id, "failed")
     assert [r["attempt"] for r in runs_of(harness, job_id)] == [1, 2]
     assert failed.attempts == 2
     assert failed.last_error is not None and failed.last_error.startswith("ConnectionError: attempt 2 failed")
     assert failed.traceback is not None
     assert "Traceback" in failed.traceback and "ConnectionError" in failed.traceback
-    listed = wait_until(lambda: [f for f in harness.jobs.failed(worker=FlakyTwice) if f.id == job_id])
+    listed = harness.wait_until(lambda: [f for f in harness.jobs.failed(worker=FlakyTwice) if f.id == job_id])
     assert listed and listed[0].worker == "contract.FlakyTwice" and listed[0].args == {"fail_times": 5}
     assert harness.jobs.failed(worker="contract.Echo") == []
 
@@ -83,15 +67,16 @@ def test_retries_wait_at_least_the_backoff(harness: Harness) -> None:
     settled(harness, handle.id, "completed")
     at = [r["at"] for r in runs_of(harness, handle.id)]
     gaps = [b - a for a, b in itertools.pairwise(at)]
-    if harness.inline:
-        assert all(g < 0.3 for g in gaps), f"ForegroundBlocking retries at once: {gaps}"
+    if not harness.runs.waits:
+        assert all(g < 0.3 for g in gaps), f"{harness.backend} retries at once: {gaps}"
     else:
         assert gaps[0] >= 0.3 - 0.02 and gaps[1] >= 0.6 - 0.02, f"retried too early: {gaps}"
 
 
 def test_a_waiting_retry_is_retrying(harness: Harness) -> None:
-    if harness.inline:
-        SlowRetry.perform_later({"fail_times": 1})  # no waiting inline: done at once
+    if not harness.runs.waits:
+        SlowRetry.perform_later({"fail_times": 1})  # no waiting: done at once once the job runs
+        harness.run_queued()
         assert [r["attempt"] for r in harness.records()] == [1, 2]
         return
     handle = SlowRetry.perform_later({"fail_times": 1})
@@ -103,13 +88,8 @@ def test_a_waiting_retry_is_retrying(harness: Harness) -> None:
 
 def test_an_attempt_over_its_time_limit_fails_and_is_retried_per_policy(harness: Harness) -> None:
     started = time.monotonic()
-    if harness.inline:
-        with pytest.raises(TimeLimitExceeded):
-            Limited.perform_later({"n": 1})
-        (info,) = harness.jobs.failed(Limited)
-    else:
-        handle = Limited.perform_later({"n": 1})
-        info = settled(harness, handle.id, "failed", timeout=30)
+    job_id = harness.run_failing(Limited, {"n": 1}, TimeLimitExceeded)
+    info = settled(harness, job_id, "failed", timeout=30)
     assert time.monotonic() - started < 15, "the limit did not stop the attempt"
     assert info.last_error is not None and "TimeLimitExceeded" in info.last_error
     time.sleep(1.0)  # nothing more arrives
@@ -118,8 +98,11 @@ def test_an_attempt_over_its_time_limit_fails_and_is_retried_per_policy(harness:
 
 
 def test_a_job_whose_worker_process_dies_is_delivered_at_most_max_deliveries_times(harness: Harness) -> None:
-    if harness.backend not in QUEUE_KINDS:
-        pytest.skip("os._exit ends the process that enqueued the job: only queue workers survive it")
+    if not harness.runs.in_worker_process:
+        pytest.skip(
+            f"{harness.backend} runs jobs {harness.runs.where}: os._exit would end the test run; "
+            "only queue workers survive it"
+        )
     handle = Exiting.perform_later({"n": 1})
     info = settled(harness, handle.id, "failed", timeout=60)
     assert info.last_error is not None and "WorkerLost" in info.last_error, info.last_error
@@ -128,43 +111,28 @@ def test_a_job_whose_worker_process_dies_is_delivered_at_most_max_deliveries_tim
 
 
 def test_discard_on_fails_at_once(harness: Harness) -> None:
-    if harness.inline:
-        with pytest.raises(ValueError, match="can never work"):
-            Discarding.perform_later({"n": 1})
-        (info,) = harness.jobs.failed(Discarding)
-    else:
-        info = settled(harness, Discarding.perform_later({"n": 1}).id, "failed")
+    info = settled(harness, harness.run_failing(Discarding, {"n": 1}, ValueError, "can never work"), "failed")
     assert info.attempts == 1 and len(runs_of(harness, info.id)) == 1
     assert info.last_error is not None and info.last_error.startswith("ValueError: this input can never work")
 
 
 def test_a_failed_job_can_be_retried_and_discarded(harness: Harness) -> None:
-    if harness.inline:
-        with pytest.raises(ConnectionError):
-            FailsUntil.perform_later({"fail_times": 2})
-        job_id = harness.jobs.failed(FailsUntil)[0].id
-    else:
-        job_id = FailsUntil.perform_later({"fail_times": 2}).id
-        settled(harness, job_id, "failed")
+    job_id = harness.run_failing(FailsUntil, {"fail_times": 2}, ConnectionError)
+    settled(harness, job_id, "failed")
     assert harness.jobs.retry(job_id)  # the third run succeeds
     settled(harness, job_id, "completed")
     assert len(runs_of(harness, job_id)) == 3
     assert not harness.jobs.retry(job_id), "only a failed job is retried"
     assert not harness.jobs.discard(job_id), "a completed job is not discarded"
-    if harness.inline:
-        with pytest.raises(ConnectionError):
-            FailsUntil.perform_later({"fail_times": 9})
-        other = harness.jobs.failed(FailsUntil)[0].id
-    else:
-        other = FailsUntil.perform_later({"fail_times": 9}).id
-        settled(harness, other, "failed")
+    other = harness.run_failing(FailsUntil, {"fail_times": 9}, ConnectionError)
+    settled(harness, other, "failed")
     assert harness.jobs.discard(other)
     assert harness.jobs.job(other) is None and other not in {f.id for f in harness.jobs.failed()}
 
 
 def test_a_cancelled_waiting_job_never_runs(harness: Harness) -> None:
-    if harness.inline:
-        pytest.skip("ForegroundBlocking runs every job before perform_later returns: none ever waits")
+    if harness.runs.at_enqueue:
+        pytest.skip(f"{harness.backend} runs every job {harness.runs.where}: none ever waits")
     handle = Echo.perform_later({"n": 1}, wait=timedelta(seconds=1.5))
     assert harness.jobs.status(handle) == "scheduled"
     assert harness.jobs.cancel(handle)
@@ -178,10 +146,13 @@ def test_a_cancelled_waiting_job_never_runs(harness: Harness) -> None:
 
 
 def test_cancelling_a_running_async_job_stops_it_where_supported(harness: Harness) -> None:
-    if harness.inline:
-        pytest.skip("ForegroundBlocking: the job runs in the caller's thread, so nothing can cancel it")
+    if harness.runs.in_callers_thread:
+        pytest.skip(
+            f"{harness.backend} runs each job {harness.runs.where}, to its end: nothing can "
+            "cancel it while it runs"
+        )
     handle = LongAsync.perform_later({"n": 1, "seconds": 8})
-    assert wait_until(lambda: runs_of(harness, handle.id), timeout=20)
+    assert harness.wait_until(lambda: runs_of(harness, handle.id), timeout=20)
     supported = harness.jobs.adapter.capabilities.cancel_running
     assert harness.jobs.cancel(handle) is supported
     if not supported:

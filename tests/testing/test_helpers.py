@@ -421,3 +421,30 @@ def test_preserved_worker_bindings_unbinds_only_from_throwaway_apps() -> None:
         users_app.register(LaterBound)  # e.g. a module imported for the first time during the test
     assert Unbound._unified_jobs_app is None
     assert LaterBound._unified_jobs_app is users_app
+
+
+def test_a_job_cancelled_while_recorded_never_runs_even_once_discarded(app: Jobs) -> None:
+    with recording(app) as recorder:
+        cancelled = WelcomeEmail.perform_later({"user_id": 1})
+        kept = WelcomeEmail.perform_later({"user_id": 2})
+        assert app.cancel(cancelled) and app.status(cancelled) == "cancelled"
+        assert [job.id for job in recorder.adapter.jobs] == [kept.id]
+        assert app.discard(cancelled) and app.status(cancelled) is None
+        assert [job.id for job in perform_enqueued_jobs()] == [kept.id]
+        assert CALLS == [("WelcomeEmail", 2)]
+        assert not app.cancel(kept)  # completed: nothing to cancel
+
+
+def test_the_recorder_keeps_completed_records_for_workers_keep_completed() -> None:
+    from unified_jobs import Config
+    from unified_jobs.config import WorkersConfig
+
+    jobs = Jobs(Config(workers=WorkersConfig(mode="ForegroundBlocking", keep_completed=0)))
+    jobs.register(WelcomeEmail)
+    with recording(jobs):
+        handle = WelcomeEmail.perform_later({"user_id": 3})
+        assert jobs.status(handle) == "queued"
+        perform_enqueued_jobs()
+        assert CALLS == [("WelcomeEmail", 3)]
+        assert jobs.status(handle) is None  # kept for 0 s, as the other in-memory modes do
+    jobs.shutdown()

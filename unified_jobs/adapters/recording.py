@@ -14,6 +14,7 @@ from typing import ClassVar
 from unified_jobs.adapters.base import Adapter, Capabilities
 from unified_jobs.adapters.memory_store import MemoryJobStore
 from unified_jobs.core.job import Job
+from unified_jobs.core.store import JobStore
 
 __all__ = ["RecordingAdapter"]
 
@@ -28,11 +29,11 @@ class RecordingAdapter(Adapter):
     kind: ClassVar[str] = "Recording"
     capabilities: ClassVar[Capabilities] = Capabilities(cancel_running=False)
 
-    def __init__(self) -> None:
+    def __init__(self, store: JobStore | None = None) -> None:
         self._lock = threading.Lock()
         self._jobs: list[Job] = []
         #: Statuses of the recorded jobs (queued until ``perform_enqueued_jobs`` runs them).
-        self.store = MemoryJobStore()
+        self.store = store if store is not None else MemoryJobStore()
 
     def enqueue(self, job: Job) -> None:
         """Record ``job``."""
@@ -63,6 +64,15 @@ class RecordingAdapter(Adapter):
         with self._lock:
             jobs, self._jobs = self._jobs, []
         return jobs
+
+    def cancel(self, job_id: str) -> bool:
+        """A recorded job is cancelled and no longer recorded: it never runs. Nothing runs by
+        itself here, so there is no running job to reach."""
+        if not self.store.cancel(job_id):
+            return False
+        with self._lock:
+            self._jobs = [job for job in self._jobs if job.id != job_id]
+        return True
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         return None

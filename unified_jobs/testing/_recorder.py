@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.adapters.inline import arun_inline, run_inline
+from unified_jobs.adapters.memory_store import MemoryJobStore
 from unified_jobs.adapters.recording import RecordingAdapter
 from unified_jobs.core.job import Job
 from unified_jobs.errors import InvalidOptionError, TooManyJobsError, UnifiedJobsError
@@ -101,8 +102,9 @@ class JobRecorder:
     def __init__(self, app: Jobs) -> None:
         #: The app being recorded.
         self.app = app
-        #: The adapter that holds the recorded jobs.
-        self.adapter = RecordingAdapter()
+        #: The adapter that holds the recorded jobs (its store keeps completed ones as long as
+        #: the app's other in-memory modes do: ``workers.keep_completed``).
+        self.adapter = RecordingAdapter(MemoryJobStore(app.config.workers.keep_completed))
         self._previous: Adapter | None = None
 
     # -- switching -------------------------------------------------------------------------
@@ -216,8 +218,9 @@ class JobRecorder:
         validated into the model, a fresh worker is built with the app's context, and a failed
         attempt is retried at once as the worker's ``Retry`` allows. ``only``
         (a worker class or several) leaves other jobs recorded. A job's exception propagates
-        (that job is no longer recorded). More than ``limit`` jobs raises
-        ``TooManyJobsError``. Returns the jobs run. Delays and priorities are not honoured.
+        (that job is no longer recorded). A job cancelled while recorded (``jobs.cancel``) is
+        no longer recorded, so it never runs. More than ``limit`` jobs raises ``TooManyJobsError``. Returns the jobs
+        run. Delays and priorities are not honoured.
         """
         __tracebackhide__ = True
         done = []
