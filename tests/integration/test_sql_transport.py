@@ -78,8 +78,27 @@ def test_schema_is_created_once_and_versioned(sqlq: SqlQueue) -> None:
     assert ensure_schema(sqlq.db_uri, sqlq.prefix) == SCHEMA_VERSION
     with sqlq.engine.begin() as conn:
         versions = conn.execute(select(sqlq.tables.version.c.version)).scalars().all()
-    assert versions == [SCHEMA_VERSION]
+    assert versions == list(range(1, SCHEMA_VERSION + 1))
     assert job_counts(sqlq.db_uri, sqlq.prefix) == {}
+
+
+def test_a_version_1_schema_is_upgraded_in_place(sqlq: SqlQueue) -> None:
+    from sqlalchemy import insert, inspect
+
+    from unified_jobs.adapters.sql import schema
+
+    tables = sqlq.tables
+    with sqlq.engine.begin() as conn:  # what unified_jobs 0.1 created
+        schema._v1(conn, tables)
+        conn.execute(insert(tables.version).values(version=1, applied_at=func.now()))
+    with connect(sqlq) as conn:
+        _put(conn, "q", "kept")
+        assert ensure_schema(sqlq.db_uri, sqlq.prefix) == SCHEMA_VERSION  # already done on connect
+        with sqlq.engine.begin() as db:
+            assert inspect(db).has_table(tables.cancels.name)
+            versions = db.execute(select(tables.version.c.version)).scalars().all()
+        assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+        assert conn.SimpleQueue("q").get(timeout=2).payload == "kept"
 
 
 def test_priority_then_age_orders_the_claim_and_ack_completes(sqlq: SqlQueue) -> None:
@@ -290,3 +309,28 @@ def test_many_consumers_in_threads_never_share_a_job(sqlq: SqlQueue) -> None:
         t.join(60)
     assert sorted(seen) == list(range(n))
     wait_for(lambda: sqlq.status_counts() == {"completed": n}, 5, "every row completed")
+
+
+def test_cancel_requests_reach_only_the_run_they_were_made_for(sqlq: SqlQueue) -> None:
+    from sqlalchemy import insert, update
+
+    from unified_jobs.adapters.celery.kinds.sql import SqlJobStore
+
+    ensure_schema(sqlq.db_uri, sqlq.prefix)
+    store = SqlJobStore(sqlq.db_uri, sqlq.prefix)
+    jobs = sqlq.tables.jobs
+    now = datetime.now(timezone.utc)
+    row = {"queue": "q", "payload": "{}", "run_at": now, "created_at": now, "updated_at": now}
+    with sqlq.engine.begin() as conn:
+        conn.execute(insert(jobs).values(task_id="running", status="processing", **row))
+        conn.execute(insert(jobs).values(task_id="waiting", status="queued", **row))
+    assert not store.request_cancel("waiting")  # not running: jobs.cancel cancels the row itself
+    assert not store.request_cancel("nope")
+    assert store.request_cancel("running")
+    assert store.cancel_requested(["running", "waiting"]) == {"running"}
+    assert store.cancel_requested(["running"]) == set()  # a request is handed over once
+    assert store.request_cancel("running")
+    with sqlq.engine.begin() as conn:  # the job ended and was claimed again later: a new run
+        later = datetime.now(timezone.utc) + timedelta(seconds=1)
+        conn.execute(update(jobs).where(jobs.c.task_id == "running").values(updated_at=later))
+    assert store.cancel_requested(["running"]) == set()

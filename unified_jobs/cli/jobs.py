@@ -303,8 +303,8 @@ def _list_lengths(jobs: Jobs, queue: QueueConfig, output: str) -> None:
 def cancel(obj: Context, job_id: str | None, name: str | None) -> None:
     """Cancel one job by ID (every kind), or the queued jobs of a worker (--name).
 
-    A waiting job becomes `cancelled` and never runs; a running one is asked to stop where
-    the kind supports it (in-process and Redis).
+    A waiting job becomes `cancelled` and never runs; a running one is asked to stop (its
+    worker polls for requests every second) and ends `cancelled`.
     """
     if (job_id is None) == (name is None):
         raise click.UsageError("give a job ID or --name WORKER (one of them)")

@@ -219,8 +219,8 @@ class JobRecorder:
         attempt is retried at once as the worker's ``Retry`` allows. ``only``
         (a worker class or several) leaves other jobs recorded. A job's exception propagates
         (that job is no longer recorded). A job cancelled while recorded (``jobs.cancel``) is
-        no longer recorded, so it never runs. More than ``limit`` jobs raises ``TooManyJobsError``. Returns the jobs
-        run. Delays and priorities are not honoured.
+        no longer recorded, so it never runs. More than ``limit`` jobs raises
+        ``TooManyJobsError``. Returns the jobs run. Delays and priorities are not honoured.
         """
         __tracebackhide__ = True
         done = []

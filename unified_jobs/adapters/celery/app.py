@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.app.task import Task
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
 from unified_jobs.adapters.celery import adoption
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
 from unified_jobs.adapters.celery.kinds.sql import ERROR_HEADER
-from unified_jobs.adapters.celery.request import BRIDGE_ATTRIBUTE, JobRequest, cancel_watch
+from unified_jobs.adapters.celery.request import BRIDGE_ATTRIBUTE, JobCancelled, JobRequest, cancel_watch
 from unified_jobs.config import Config
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import Job, new_job_id
@@ -174,7 +174,7 @@ class CeleryBridge:
             check = store.record_started(job)
             if check.cancelled:
                 logger.info("job %s (%s) was cancelled before it started; not run", job.id, job.name)
-                raise Ignore()
+                raise JobCancelled()
             limit = self.config.workers.max_deliveries
             if check.deliveries > limit:
                 outcome = Outcome.from_error(
@@ -193,7 +193,7 @@ class CeleryBridge:
         if outcome.kind == "succeeded":
             return outcome.value
         if outcome.kind == "cancelled":
-            raise Ignore()
+            raise JobCancelled()
         if outcome.kind == "rejected":
             invalid = isinstance(outcome.error, ValidationError)
             why = "its arguments do not validate" if invalid else "cannot run"

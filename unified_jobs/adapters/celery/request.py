@@ -19,7 +19,7 @@ from unified_jobs.errors import JobError, WorkerLost
 if TYPE_CHECKING:
     from unified_jobs.adapters.celery.app import CeleryBridge
 
-__all__ = ["BRIDGE_ATTRIBUTE", "JobRequest", "bridge_of", "cancel_watch"]
+__all__ = ["BRIDGE_ATTRIBUTE", "JobCancelled", "JobRequest", "bridge_of", "cancel_watch"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,11 @@ def bridge_of(app: Celery) -> CeleryBridge | None:
     return bridge
 
 
+class JobCancelled(Ignore):  # type: ignore[misc]
+    """The job was cancelled (``jobs.cancel``): Celery acks it as ignored, and the SQL queue
+    writes its row cancelled."""
+
+
 class JobRequest(Request):  # type: ignore[misc]
     """Celery's worker-side request (it runs in the worker's main process, which owns the
     broker channel), taught three things:
@@ -41,7 +46,8 @@ class JobRequest(Request):  # type: ignore[misc]
     - a job whose pool process died is requeued only until ``workers.max_deliveries``
       deliveries have ended so, then failed with ``WorkerLost`` (plain Celery, with
       ``task_reject_on_worker_lost``, requeues it for ever);
-    - a retried job's old SQL row is superseded by the republished one.
+    - a retried job's old SQL row is superseded by the republished one;
+    - a cancelled job's SQL row says cancelled.
     """
 
     def _bridge(self) -> CeleryBridge | None:
@@ -56,6 +62,10 @@ class JobRequest(Request):  # type: ignore[misc]
         exception = getattr(exc_info, "exception", None)
         if isinstance(exception, ExceptionWithTraceback):
             exception = exception.exc
+        if isinstance(exception, JobCancelled):
+            cancelled = getattr(getattr(self._message, "channel", None), "note_cancelled", None)
+            if cancelled is not None:
+                cancelled(self._message.delivery_tag)
         bridge = self._bridge()
         lost = isinstance(exception, (WorkerLostError, SystemExit, KeyboardInterrupt))
         if lost and bridge is not None and bridge.kind is not None and self.task.reject_on_worker_lost:

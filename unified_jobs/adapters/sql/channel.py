@@ -243,6 +243,10 @@ class Channel(virtual.Channel):
         """The delivered job was republished for a retry: its ack deletes this row."""
         self.leases.note_superseded(delivery_tag)
 
+    def note_cancelled(self, delivery_tag: str) -> None:
+        """The delivered job stopped on a cancel request: its ack writes the row cancelled."""
+        self.leases.note_cancelled(delivery_tag)
+
     def flush_acks(self) -> None:
         self.leases.flush_acks()
 

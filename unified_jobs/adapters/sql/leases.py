@@ -7,7 +7,8 @@ A ``Leases`` belongs to one owner (``host:pid:random``). ``claim`` marks ready r
 ``processing`` with a lease expiry and ``attempts + 1``; the owner holds each claim under a
 tag ``"<row id>.<attempts>"`` (so two claims of one row, after a lost lease, never collide)
 until it settles it: ack (``completed`` or deleted), reject (``failed``, with the error noted
-for it), supersede (deleted: a retry was published as a new row) or requeue (``queued``).
+for it), supersede (deleted: a retry was published as a new row), cancel (``cancelled``: it
+stopped on a cancel request) or requeue (``queued``).
 ``heartbeat`` renews every held lease and requeues the rows whose lease expired elsewhere.
 Acks can be batched: ``queue_ack`` holds them until ``flush_acks`` writes them in one
 transaction (the claim stays leased, and heartbeated, until then).
@@ -36,7 +37,7 @@ logger = logging.getLogger(__name__)
 _UTC = timezone.utc
 
 #: What became of a claimed job.
-Action = Literal["ack", "reject", "requeue", "supersede"]
+Action = Literal["ack", "reject", "requeue", "supersede", "cancel"]
 
 
 def utcnow() -> datetime:
@@ -78,6 +79,8 @@ class Leases:
         self._failure_notes: dict[str, str] = {}
         #: Held jobs republished for a retry (their ack deletes the old row).
         self._superseded: set[str] = set()
+        #: Held jobs that stopped on a cancel request (their ack writes them cancelled).
+        self._cancelled: set[str] = set()
         self._acks: list[str] = []
         #: After an empty claim: when the earliest queued job of those queues is due (or None).
         self.next_due: datetime | None = None
@@ -188,15 +191,25 @@ class Leases:
             if tag in self._claims:
                 self._superseded.add(tag)
 
+    def note_cancelled(self, tag: str) -> None:
+        """The job stopped on a cancel request: its coming ack writes the row cancelled."""
+        with self._lock:
+            if tag in self._claims:
+                self._cancelled.add(tag)
+
     def resolve(self, tag: str, action: Action) -> Action:
         """``action`` as it will be written: a noted failure's ack is a reject (a failed job is
-        acked, as Celery does, and its row says failed); a superseded job's ack deletes it."""
+        acked, as Celery does, and its row says failed); a superseded job's ack deletes it; a
+        cancelled job's ack writes it cancelled."""
         with self._lock:
             if action == "ack" and tag in self._failure_notes:
                 return "reject"
             if action == "ack" and tag in self._superseded:
                 self._superseded.discard(tag)
                 return "supersede"
+            if action == "ack" and tag in self._cancelled:
+                self._cancelled.discard(tag)
+                return "cancel"
         return action
 
     def queue_ack(self, tag: str) -> bool:
@@ -251,6 +264,8 @@ class Leases:
             params = [self._params(c) for c in claims]
         elif action == "supersede":
             stmt, params = self.q.delete_claimed, [self._params(c) for c in claims]
+        elif action == "cancel":
+            stmt, params = self.q.cancel_claimed, [self._params(c) for c in claims]
         elif action == "reject":
             error = error or "rejected by the consumer (requeue=False)"
             stmt, params = self.q.fail, [self._params(c, error=error) for c in claims]

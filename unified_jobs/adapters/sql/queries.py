@@ -64,6 +64,8 @@ class Queries:
     fail: Update
     # executemany of {job_id, claim_attempts, owner, now}
     requeue: Update
+    # executemany of {job_id, claim_attempts, owner, now}: the job stopped on a cancel request
+    cancel_claimed: Update
     # ids (list), owner, lease_until
     heartbeat: Update
     # now, max_attempts: expired leases of jobs claimed max_attempts times or more -> failed
@@ -133,6 +135,7 @@ def queries_for(t: Tables, dialect: str) -> Queries:
         .where(mine)
         .values(status=FAILED, updated_at=now, last_error=bindparam("error"), **cleared),
         requeue=update(j).where(mine).values(status=QUEUED, updated_at=now, **cleared),
+        cancel_claimed=update(j).where(mine).values(status=CANCELLED, updated_at=now, **cleared),
         heartbeat=update(j)
         .where(c.id.in_(bindparam("ids", expanding=True)), c.lease_owner == owner, c.status == PROCESSING)
         .values(lease_expires_at=bindparam("lease_until")),
@@ -340,11 +343,20 @@ class OneJobQueries:
     cancel: Update
     # -> rowcount: the newest row, if failed or cancelled, is deleted
     discard: Delete
+    # now -> the task id if a cancel request was made (the newest row is processing)
+    request_cancel: Insert
+    # -> rowcount: the task id's cancel request is deleted
+    clear_request: Delete
+    # older -> rowcount: cancel requests made before ``older`` are deleted
+    clear_old_requests: Delete
+    # ids (list) -> task ids asked to stop while their newest row was processing (this claim)
+    cancel_requested: Select[Any]
 
 
 @lru_cache(maxsize=64)
 def one_job_queries_for(t: Tables) -> OneJobQueries:
     j = t.jobs
+    r = t.cancels
     c = j.c
     now: BindParameter[Any] = bindparam("now")
     task_id = c.task_id == bindparam("job_task_id")
@@ -358,4 +370,23 @@ def one_job_queries_for(t: Tables) -> OneJobQueries:
         .limit(bindparam("limit")),
         cancel=update(j).where(c.id == newest, c.status == QUEUED).values(status=CANCELLED, updated_at=now),
         discard=delete(j).where(c.id == newest, c.status.in_([FAILED, CANCELLED])),
+        request_cancel=insert(r)
+        .from_select(
+            ["task_id", "requested_at"],
+            select(
+                bindparam("job_task_id", type_=String()), bindparam("now", type_=r.c.requested_at.type)
+            ).where(select(c.id).where(c.id == newest, c.status == PROCESSING).exists()),
+        )
+        .returning(r.c.task_id),  # psycopg reports no rowcount for INSERT ... SELECT
+        clear_request=delete(r).where(r.c.task_id == bindparam("job_task_id")),
+        clear_old_requests=delete(r).where(r.c.requested_at < bindparam("older")),
+        # A request made before the newest row's claim (updated_at) was for an earlier run.
+        cancel_requested=select(r.c.task_id)
+        .join(j, j.c.task_id == r.c.task_id)
+        .where(
+            r.c.task_id.in_(bindparam("ids", expanding=True)),
+            c.status == PROCESSING,
+            r.c.requested_at >= c.updated_at,
+        )
+        .distinct(),
     )

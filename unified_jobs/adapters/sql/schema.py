@@ -51,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_TABLE_PREFIX = "unified_jobs_"
 
 QUEUED = "queued"
@@ -74,6 +74,9 @@ class Tables:
     metadata: MetaData
     jobs: Table
     version: Table
+    #: Cancel requests for running jobs, by task id (``jobs.cancel`` from any process; the
+    #: worker running the job polls it).
+    cancels: Table
 
     @property
     def notify_channel(self) -> str:
@@ -141,7 +144,13 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("version", Integer, primary_key=True, autoincrement=False),
         Column("applied_at", DateTime(timezone=True), nullable=False),
     )
-    return Tables(prefix=prefix, metadata=md, jobs=jobs, version=version)
+    cancels = Table(
+        f"{prefix}cancel_requests",
+        md,
+        Column("task_id", String(255), primary_key=True),
+        Column("requested_at", DateTime(timezone=True), nullable=False),
+    )
+    return Tables(prefix=prefix, metadata=md, jobs=jobs, version=version, cancels=cancels)
 
 
 # --- Postgres extras -----------------------------------------------------------------------
@@ -171,6 +180,7 @@ def _pg_drop_ddl(t: Tables) -> list[str]:
     return [
         f"DROP TABLE IF EXISTS {t.jobs.name}",
         f"DROP TABLE IF EXISTS {t.version.name}",
+        f"DROP TABLE IF EXISTS {t.cancels.name}",
         f"DROP FUNCTION IF EXISTS {t.prefix}jobs_notify()",
     ]
 
@@ -183,13 +193,18 @@ def _lock_key(t: Tables) -> int:
 
 
 def _v1(conn: Connection, t: Tables) -> None:
-    t.metadata.create_all(conn, checkfirst=True)
+    t.metadata.create_all(conn, tables=[t.jobs, t.version], checkfirst=True)
     if conn.dialect.name == "postgresql":
         for ddl in _pg_notify_ddl(t):
             conn.exec_driver_sql(ddl)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1}
+def _v2(conn: Connection, t: Tables) -> None:
+    """Cancel requests for running jobs."""
+    t.metadata.create_all(conn, tables=[t.cancels], checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2}
 
 _done: set[tuple[str, str]] = set()
 _done_lock = threading.Lock()

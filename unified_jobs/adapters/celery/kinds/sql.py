@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-from datetime import datetime
+from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
@@ -25,6 +26,9 @@ from unified_jobs.core.store import JobStore
 from unified_jobs.errors import ConfigError
 
 __all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "split_error"]
+
+#: Cancel requests older than this are deleted (their job had ended before a worker saw them).
+STALE_CANCEL_REQUEST = timedelta(hours=1)
 
 #: The header a retry's message carries the failed attempt's error in (for ``jobs.job()``).
 ERROR_HEADER = "unified_jobs_error"
@@ -65,6 +69,24 @@ class SqlJobStore(JobStore):
 
     def cancel(self, job_id: str) -> bool:
         return self._change(self.q.cancel, {"job_task_id": job_id, "now": utcnow()}) > 0
+
+    def request_cancel(self, job_id: str) -> bool:
+        now = utcnow()
+        with self.table._ready().begin() as conn:
+            conn.execute(self.q.clear_old_requests, {"older": now - STALE_CANCEL_REQUEST})
+            conn.execute(self.q.clear_request, {"job_task_id": job_id})
+            made = conn.execute(self.q.request_cancel, {"job_task_id": job_id, "now": now}).first()
+        return made is not None
+
+    def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
+        ids = list(job_ids)
+        if not ids:
+            return set()
+        with self.table._ready().begin() as conn:
+            found = {str(t) for t in conn.execute(self.q.cancel_requested, {"ids": ids}).scalars()}
+            for task_id in found:
+                conn.execute(self.q.clear_request, {"job_task_id": task_id})
+        return found
 
 
 def _info(row: Row[Any]) -> JobInfo:
@@ -113,6 +135,8 @@ def _body(message: dict[str, Any]) -> str:
 
 
 class SqlKind(QueueKind):
+    cancel_running = True
+
     def broker_settings(self) -> dict[str, Any]:
         from unified_jobs.adapters import sql
 
