@@ -1,0 +1,119 @@
+"""``jobs purge``, ``jobs dump`` and ``jobs import``: the job table to and from dump files."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from unified_jobs.cli import Context
+from unified_jobs.cli.jobs import _plural, _progress, _store, jobs_group, status_option
+from unified_jobs.errors import UnifiedJobsError
+
+if TYPE_CHECKING:
+    from unified_jobs.adapters.sql.store import Progress
+
+__all__ = ["dump", "import_", "purge"]
+
+
+@jobs_group.command()
+@click.option(
+    "--max-age",
+    type=click.FloatRange(min=0),
+    default=90,
+    show_default=True,
+    show_envvar=True,
+    metavar="DAYS",
+    help="Only jobs last updated at least this long ago (0: all).",
+)
+@status_option("completed,failed,cancelled", "Only jobs with this status.")
+@click.option(
+    "--dump",
+    type=click.Path(file_okay=False, path_type=Path),
+    show_envvar=True,
+    metavar="DIR",
+    help="First write the jobs to a dump file in DIR (see `jobs dump`).",
+)
+@click.pass_obj
+def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) -> None:
+    """Delete old jobs: with these statuses, last updated more than --max-age days ago."""
+    from unified_jobs.adapters.sql.store import utcnow
+    from unified_jobs.adapters.sql.store_dump import purge_jobs
+
+    store = _store(obj, "purge")
+    cutoff = utcnow() - timedelta(days=max_age)
+    total = store.count_matching(status, None, cutoff)
+    steps = total * (2 if dump is not None else 1)
+    with _progress("purging", steps) as progress:
+        result = purge_jobs(store, status, cutoff, dump, progress)
+    if result.dump_file is not None:
+        click.echo(f"dumped {_plural(result.dumped)} to {result.dump_file}")
+    deleted = result.deleted
+    click.echo(f"deleted {_plural(deleted)} ({', '.join(status)}) last updated {max_age:g} days ago or more")
+
+
+@jobs_group.command()
+@status_option(None, "Only jobs with this status [default: all].")
+@click.option("--worker", metavar="NAME", show_envvar=True, help="Only jobs of this worker.")
+@click.option(
+    "--folder",
+    "-f",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    show_envvar=True,
+    metavar="DIR",
+    help="Where to write unified-jobs-dump-<timestamp>.jsonl.",
+)
+@click.pass_obj
+def dump(obj: Context, status: list[str], worker: str | None, folder: Path) -> None:
+    """Write jobs to a JSON-lines file that `jobs import` reads back.
+
+    One job per line, with every field: the whole Celery message (payload), worker,
+    queue, priority, tags, run_at, status, attempts, last_error, created_at, updated_at.
+    The jobs stay in the queue.
+    """
+    from unified_jobs.adapters.sql.store_dump import dump_jobs
+
+    store = _store(obj, "dump")
+    total = store.count_matching(status, worker)
+    with _progress("dumping", total) as progress:
+        path, written = dump_jobs(store, folder, status, worker, None, progress)
+    click.echo(f"dumped {_plural(written)} to {path}")
+
+
+@jobs_group.command("import")
+@click.option(
+    "--file",
+    "-f",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    show_envvar=True,
+    metavar="PATH",
+    help="A dump file written by `jobs dump` or `jobs purge --dump`.",
+)
+@click.pass_obj
+def import_(obj: Context, file: Path) -> None:
+    """Enqueue every job of a dump file again, as `queued`.
+
+    Each job keeps its worker, queue, priority, tags, payload (arguments) and Celery task
+    id, and gets a new row: attempts 0, no last error, run_at kept if still ahead, else
+    now. The whole file is checked before anything is enqueued.
+    """
+    from unified_jobs.adapters.sql.store_dump import DumpError, import_jobs
+
+    store = _store(obj, "import")
+    with ExitStack() as stack:
+        advance: list[Progress] = [lambda _n: None]
+
+        def checked(total: int) -> None:  # the bar starts once the file is checked
+            advance[0] = stack.enter_context(_progress("importing", total))
+
+        try:
+            n = import_jobs(store, file, lambda k: advance[0](k), checked)
+        except DumpError as exc:
+            raise UnifiedJobsError(f"cannot import {file}: {exc}; nothing was imported") from None
+    click.echo(f"imported {_plural(n)} from {file} as queued")
