@@ -189,17 +189,17 @@ class Jobs:
                 f"worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with this "
                 f"app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)})"
             )
-        model = worker_cls.args_model
-        validated = args if type(args) is model else model.model_validate(args)
-        payload = validated.model_dump_json()
-        model.model_validate_json(payload)  # what a queue's worker will do: fail here, not there
+        # Validated, dumped, and checked to validate back from the JSON, as a queue's worker
+        # will do: fail here, not there.
+        payload = Job.dump_args(worker_cls.args_model, args)
         return Job(
-            id=new_job_id(),
-            name=worker_cls.name,
-            queue=_check_queue(queue if queue is not None else worker_cls.queue),
-            kwargs_json=payload,
-            priority=self._check_priority(priority),
-            run_at=self._due_time(wait, run_at),
+            new_job_id(),
+            worker_cls.name,
+            _check_queue(queue if queue is not None else worker_cls.queue),
+            payload,
+            "[]",
+            None if priority is None else self._check_priority(priority),
+            None if wait is None and run_at is None else self._due_time(wait, run_at),
         )
 
     def _due_time(self, wait: timedelta | None, run_at: datetime | None) -> datetime | None:

@@ -2,18 +2,25 @@
 
 Failed and cancelled jobs stay until discarded; finished ones are forgotten after
 ``keep_completed`` seconds or past the newest ``size`` of them, whichever comes first.
+
+The lifecycle hooks run once or twice per job on the pool's hot path, so a job is kept as a
+small mutable record holding the ``Job`` as it was enqueued, with times as ``time.time()``
+floats; the ``JobInfo`` (the arguments parsed from JSON, aware datetimes) is built only when
+someone reads it, and every read gets a fresh copy.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import replace
+from datetime import datetime, timezone
 
-from unified_jobs.core.job import Job, JobInfo, JobStatus, utcnow
+from unified_jobs.core.job import Job, JobInfo, JobStatus
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.store import JobStore, StartCheck
 
@@ -26,121 +33,232 @@ _SETTLED: dict[str, JobStatus] = {
     "rejected": "failed",
     "cancelled": "cancelled",
 }
+_TRIM_BATCH = 256
+_STRIPES = 64
+_STRIPE_MASK = _STRIPES - 1
+# StartCheck is frozen: one of each is enough.
+_STARTED = StartCheck(deliveries=1)
+_CANCELLED = StartCheck(cancelled=True)
+
+
+class _Record:
+    """What the store knows of one job, as written by the lifecycle hooks."""
+
+    __slots__ = (
+        "attempts",
+        "finished",
+        "job",
+        "last_error",
+        "run_at",
+        "source",
+        "started",
+        "status",
+        "traceback",
+    )
+
+    def __init__(self, job: Job, status: JobStatus) -> None:
+        self.job = job  # as first enqueued: id, worker, queue, args, enqueued_at, priority
+        self.source = job  # as last enqueued: what ``retry`` enqueues again
+        self.status = status
+        self.attempts = 0
+        self.last_error: str | None = None
+        self.traceback: str | None = None
+        self.run_at = job.run_at
+        self.started: float | None = None  # time.time()
+        self.finished: float | None = None
+
+    def info(self) -> JobInfo:
+        job = self.job
+        return JobInfo(
+            id=job.id,
+            worker=job.name,
+            queue=job.queue,
+            args=_args_of(job),
+            status=self.status,
+            attempts=self.attempts,
+            last_error=self.last_error,
+            traceback=self.traceback,
+            enqueued_at=job.enqueued_at,
+            run_at=self.run_at,
+            started_at=_aware(self.started),
+            finished_at=_aware(self.finished),
+            priority=job.priority,
+        )
 
 
 class MemoryJobStore(JobStore):
+    """Thread-safe. The lifecycle hooks of different jobs take no common lock: each job's
+    changes are made under one of ``_STRIPES`` locks picked by its id, and adding a job is one
+    (atomic) dict assignment. A lock every job on every thread takes turns, under the GIL, into
+    a convoy that costs a thread switch per acquisition; the store-wide lock is left to what is
+    rare: reads, forgetting expired jobs (in batches), discarding, an id enqueued again.
+    """
+
     def __init__(self, keep_completed: float = 86_400.0, size: int = 10_000) -> None:
         self._keep = keep_completed
         self._size = size
         self._lock = threading.Lock()
-        self._jobs: dict[str, JobInfo] = {}
-        self._sources: dict[str, Job] = {}  # what ``retry`` enqueues again
+        self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
+        self._jobs: dict[str, _Record] = {}
         self._completed: OrderedDict[str, float] = OrderedDict()  # id -> monotonic finish time
+        _stores.add(self)
+
+    def _after_fork(self) -> None:
+        # A thread of the parent may have held a lock at the fork; none runs here.
+        self._lock = threading.Lock()
+        self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
+
+    def _stripe(self, job_id: str) -> threading.Lock:
+        return self._stripes[hash(job_id) & _STRIPE_MASK]
 
     # -- reads -------------------------------------------------------------------------------
 
     def get(self, job_id: str) -> JobInfo | None:
         with self._lock:
-            self._expire()
-            info = self._jobs.get(job_id)
-            return replace(info) if info is not None else None
+            self._expire(time.monotonic())
+            record = self._jobs.get(job_id)
+            if record is None:
+                return None
+            with self._stripe(job_id):
+                return record.info()
 
     def failed(self, worker: str | None = None, limit: int = 100) -> list[JobInfo]:
-        with self._lock:
-            found = [
-                replace(i) for i in self._jobs.values() if i.status == "failed" and worker in (None, i.worker)
-            ]
-        found.sort(key=lambda i: i.finished_at or i.enqueued_at or utcnow(), reverse=True)
+        found: list[JobInfo] = []
+        for record in list(self._jobs.values()):  # list() of a dict is atomic
+            if record.status == "failed" and worker in (None, record.job.name):
+                with self._stripe(record.job.id):
+                    if record.status == "failed":
+                        found.append(record.info())
+        now = datetime.now(timezone.utc)
+        found.sort(key=lambda i: i.finished_at or i.enqueued_at or now, reverse=True)
         return found[:limit]
 
     def source(self, job_id: str) -> Job | None:
-        """The job as it was enqueued (for ``retry``)."""
-        with self._lock:
-            return self._sources.get(job_id)
+        """The job as it was enqueued (for ``retry``); ``None`` once it completed."""
+        record = self._jobs.get(job_id)
+        if record is None:
+            return None
+        with self._stripe(job_id):
+            return record.source if record.status != "completed" else None
 
     # -- changes -----------------------------------------------------------------------------
 
     def discard(self, job_id: str) -> bool:
-        with self._lock:
-            info = self._jobs.get(job_id)
-            if info is None or info.status not in ("failed", "cancelled"):
+        with self._lock, self._stripe(job_id):
+            record = self._jobs.get(job_id)
+            if record is None or record.status not in ("failed", "cancelled"):
                 return False
             del self._jobs[job_id]
-            self._sources.pop(job_id, None)
             return True
 
     def cancel(self, job_id: str) -> bool:
-        with self._lock:
-            info = self._jobs.get(job_id)
-            if info is None or info.status not in ("queued", "scheduled", "retrying"):
+        record = self._jobs.get(job_id)
+        if record is None:
+            return False
+        with self._stripe(job_id):
+            if record.status not in ("queued", "scheduled", "retrying"):
                 return False
-            info.status = "cancelled"
-            info.finished_at = utcnow()
+            record.status = "cancelled"
+            record.finished = time.time()
             return True
 
     def record_enqueued(self, jobs: Sequence[Job]) -> None:
-        now = utcnow()
-        with self._lock:
-            for job in jobs:
+        now: datetime | None = None
+        records = self._jobs
+        for job in jobs:
+            status: JobStatus = "queued"
+            if job.run_at is not None:
+                if now is None:
+                    now = datetime.now(timezone.utc)
+                if job.run_at > now:
+                    status = "scheduled"
+            if job.id not in records:  # a new job: the common case
+                records[job.id] = _Record(job, status)
+                continue
+            with self._lock, self._stripe(job.id):  # the same id again (a retry, jobs.retry)
                 self._completed.pop(job.id, None)
-                self._sources[job.id] = job
-                previous = self._jobs.get(job.id)
-                status: JobStatus = "scheduled" if job.run_at is not None and job.run_at > now else "queued"
+                previous = records.get(job.id)
                 if previous is not None and job.attempt > 1:
+                    previous.source = job
                     previous.status = "retrying"
                     previous.run_at = job.run_at
                     continue
-                self._jobs[job.id] = JobInfo(
-                    id=job.id,
-                    worker=job.name,
-                    queue=job.queue,
-                    args=_args_of(job),
-                    status=status,
-                    enqueued_at=job.enqueued_at,
-                    run_at=job.run_at,
-                    priority=job.priority,
-                )
+                records[job.id] = _Record(job, status)
 
     def record_started(self, job: Job) -> StartCheck:
-        with self._lock:
-            info = self._jobs.get(job.id)
-            if info is None:
-                return StartCheck(deliveries=1)
-            if info.status == "cancelled":
-                return StartCheck(cancelled=True)
-            info.status = "processing"
-            info.attempts = job.attempt
-            info.started_at = utcnow()
-            return StartCheck(deliveries=1)
+        job_id = job.id
+        record = self._jobs.get(job_id)
+        if record is None:
+            # Every job is recorded at enqueue, and only completed ones expire: a job unknown
+            # here was cancelled and then discarded while it waited. It must not run.
+            return _CANCELLED
+        with self._stripes[hash(job_id) & _STRIPE_MASK]:
+            if record.status == "cancelled":
+                return _CANCELLED
+            record.status = "processing"
+            record.attempts = job.attempt
+            record.started = time.time()
+        return _STARTED
 
     def record_outcome(self, job: Job, outcome: Outcome) -> None:
-        with self._lock:
-            info = self._jobs.get(job.id)
-            if info is None:
-                return
-            info.status = _SETTLED[outcome.kind]
-            info.attempts = max(info.attempts, outcome.attempt)
+        job_id = job.id
+        record = self._jobs.get(job_id)
+        if record is None:
+            return
+        with self._stripes[hash(job_id) & _STRIPE_MASK]:
+            status = record.status = _SETTLED[outcome.kind]
+            if outcome.attempt > record.attempts:
+                record.attempts = outcome.attempt
             if outcome.error_text is not None:
-                info.last_error, info.traceback = outcome.error_text, outcome.traceback
-            if outcome.kind == "retry":
-                info.run_at = outcome.retry_at
+                record.last_error, record.traceback = outcome.error_text, outcome.traceback
+            if status == "retrying":
+                record.run_at = outcome.retry_at
                 return
-            info.finished_at = utcnow()
-            if info.status == "completed":
-                self._completed[job.id] = time.monotonic()
-                self._sources.pop(job.id, None)
-                self._expire()
+            record.finished = time.time()
+        if status == "completed":
+            completed = self._completed
+            completed[job_id] = time.monotonic()
+            # Reads expire first, so what they see is exact; writes only keep the memory
+            # bounded, trimming in batches.
+            if len(completed) > self._size + _TRIM_BATCH:
+                with self._lock:
+                    self._expire(time.monotonic())
 
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - self._keep
-        while self._completed:
-            job_id, finished = next(iter(self._completed.items()))
-            if finished > cutoff and len(self._completed) <= self._size:
-                break
-            self._completed.popitem(last=False)
-            info = self._jobs.get(job_id)
-            if info is not None and info.status == "completed":
-                del self._jobs[job_id]
+    def _expire(self, now: float) -> None:
+        """Forget completed jobs past ``keep_completed`` or beyond the newest ``size``.
+
+        Under self._lock."""
+        completed = self._completed
+        cutoff = now - self._keep
+        size = self._size
+        records = self._jobs
+        while completed:
+            if len(completed) <= size:
+                finished = next(iter(completed.values()))
+                if finished > cutoff:
+                    break
+            job_id, _ = completed.popitem(last=False)
+            record = records.get(job_id)
+            # No stripe lock needed: a completed job changes again only if its id is enqueued
+            # again, which takes self._lock.
+            if record is not None and record.status == "completed":
+                del records[job_id]
+
+
+_stores: weakref.WeakSet[MemoryJobStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_stores):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _aware(stamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(stamp, timezone.utc) if stamp is not None else None
 
 
 def _args_of(job: Job) -> object:
