@@ -145,6 +145,20 @@ def test_a_cancelled_waiting_job_never_runs(harness: Harness) -> None:
     assert not harness.jobs.cancel(sentinel), "a finished job cannot be cancelled"
 
 
+def test_a_cancelled_job_discarded_while_it_waits_never_runs(harness: Harness) -> None:
+    if harness.runs.at_enqueue:
+        pytest.skip(f"{harness.backend} runs every job {harness.runs.where}: none ever waits")
+    handle = Echo.perform_later({"n": 1}, wait=timedelta(seconds=1))
+    assert harness.jobs.cancel(handle)
+    assert harness.jobs.discard(handle)
+    assert harness.jobs.job(handle) is None  # gone from the store, as discard says
+    sentinel = Echo.perform_later({"n": 2}, wait=timedelta(seconds=1.5))
+    harness.wait_for_count(1, timeout=20)
+    time.sleep(0.3)
+    assert [r["job"] for r in harness.records()] == [sentinel.id]
+    assert harness.jobs.job(handle) is None
+
+
 def test_cancelling_a_running_async_job_stops_it_where_supported(harness: Harness) -> None:
     if harness.runs.in_callers_thread:
         pytest.skip(

@@ -26,6 +26,8 @@ from unified_jobs.core.store import JobStore, StartCheck
 __all__ = ["RedisJobStore", "RedisKind"]
 
 PREFIX = "unified_jobs:"
+#: The status of a discarded cancelled job's tombstone (``get`` reads it as no job).
+DISCARDED = "discarded"
 #: A waiting job's record lives this long past its due time (a safety net for purged queues).
 WAITING_TTL = 30 * 86_400
 
@@ -33,7 +35,7 @@ WAITING_TTL = 30 * 86_400
 _START = """
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
-if status == 'cancelled' then return -1 end
+if status == 'cancelled' or status == 'discarded' then return -1 end
 if tonumber(redis.call('HGET', key, 'attempts') or '0') ~= tonumber(ARGV[2]) then
   redis.call('HSET', key, 'deliveries', 0)
 end
@@ -50,7 +52,9 @@ _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   redis.call('HSET', KEYS[1], 'status', 'cancelled', 'finished_at', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  -- the message still waits in the broker: the record must outlive it (its TTL runs to the
+  -- job's due time and beyond), or the job would run once the record expired
+  if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
   return 1
 end
 if status == 'processing' then return 2 end
@@ -150,7 +154,7 @@ class RedisJobStore(JobStore):
         return self._info(job_id, self.client.hgetall(self.key(job_id)))
 
     def _info(self, job_id: str, h: dict[str, str]) -> JobInfo | None:
-        if not h or "status" not in h:
+        if not h or h.get("status") in (None, DISCARDED):
             return None
         status = h["status"]
         run_at = _dt(h.get("run_at"))
@@ -200,8 +204,15 @@ class RedisJobStore(JobStore):
         info = self.get(job_id)
         if info is None or info.status not in ("failed", "cancelled"):
             return False
+        key = self.key(job_id)
+        ttl = int(self.client.ttl(key)) if info.status == "cancelled" else 0
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.key(job_id))
+        pipe.delete(key)
+        if info.status == "cancelled":
+            # Its message may still wait in the broker: a tombstone (which reads as no job)
+            # keeps the worker from running it, as long as the record would have lived.
+            pipe.hset(key, "status", DISCARDED)
+            pipe.expire(key, max(ttl, WAITING_TTL))
         pipe.zrem(f"{PREFIX}failed", job_id)
         pipe.execute()
         return True
