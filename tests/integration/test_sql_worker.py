@@ -196,5 +196,7 @@ def test_a_killed_pool_process_gets_its_job_requeued_at_once(sqlq: SqlQueue) -> 
     assert len(starts) == 2
     # Celery notices the lost process after worker_lost_wait (2 s in this app), then requeues.
     assert starts[1][2] - killed < 10, "it waited for the 30 s lease instead of being requeued"
+    # The job logs "done" before its ack is written (by the ack writer, batched): wait for it.
+    wait_for(lambda: sqlq.rows()[0].status == "completed", 10, "the ack to be written")
     (row,) = sqlq.rows()
     assert (row.status, row.attempts) == ("completed", 2)
