@@ -111,23 +111,10 @@ class Executor:
         the job become a failed outcome too, so no caller's thread dies of a job.
         """
         token = token or _Token()
-        try:
-            call = self._prepare(job, token)
-        except (ValidationError, NotRegisteredError, ValueError, TypeError) as exc:
-            return Outcome.from_error("rejected", exc, job.attempt)
-        if call is None:
-            return Outcome.from_error(
-                "rejected", NotRegisteredError(f"no worker or task named {job.name!r} here"), job.attempt
-            )
-        limit = call.limit
-        running = self.running
-        running[job.id] = token
-        try:
-            if call.perform_async is not None:
-                return self._settle(job, token, limit, lambda: run_coroutine(self._guard(call, limit, token)))
-            return self._settle(job, token, limit, call, sync_limit=limit)
-        finally:
-            running.pop(job.id, None)
+        call = self._prepared(job, token)
+        if isinstance(call, Outcome):
+            return call
+        return self._run_call(job, token, call, run_coroutine)
 
     async def arun(self, job: Job, *, token: CancelToken | None = None) -> Outcome:
         """``run`` for the caller's event loop: an ``async def perform`` is awaited on it.
@@ -136,14 +123,11 @@ class Executor:
         ``bind_task``) saves looking the task up.
         """
         token = token or _Token()
-        try:
-            call = self._prepare(job, token)
-        except (ValidationError, NotRegisteredError, ValueError, TypeError) as exc:
-            return Outcome.from_error("rejected", exc, job.attempt)
-        if call is None:
-            return self.run(job, token=token)
-        if call.perform_async is None:
-            return self.run(job, token=token)  # a sync perform blocks the loop, as documented
+        call = self._prepared(job, token)
+        if isinstance(call, Outcome):
+            return call
+        if call.perform_async is None:  # a sync perform blocks the loop, as documented
+            return self._run_call(job, token, call, run_coroutine_sync)
         limit = call.limit
         running = self.running
         running[job.id] = token
@@ -161,6 +145,29 @@ class Executor:
         finally:
             running.pop(job.id, None)
         return self._done(job, token, value)
+
+    def _prepared(self, job: Job, token: CancelToken) -> _Call | Outcome:
+        """The job made ready to run, or the ``rejected`` outcome of one that cannot run."""
+        try:
+            call = self._prepare(job, token)
+        except (ValidationError, NotRegisteredError, ValueError, TypeError) as exc:
+            return Outcome.from_error("rejected", exc, job.attempt)
+        if call is None:
+            return Outcome.from_error(
+                "rejected", NotRegisteredError(f"no worker or task named {job.name!r} here"), job.attempt
+            )
+        return call
+
+    def _run_call(self, job: Job, token: CancelToken, call: _Call, run_coroutine: CoroutineRunner) -> Outcome:
+        limit = call.limit
+        running = self.running
+        running[job.id] = token
+        try:
+            if call.perform_async is not None:
+                return self._settle(job, token, limit, lambda: run_coroutine(self._guard(call, limit, token)))
+            return self._settle(job, token, limit, call, sync_limit=limit)
+        finally:
+            running.pop(job.id, None)
 
     @staticmethod
     def new_token() -> CancelToken:
