@@ -45,6 +45,7 @@ from typing import Any, ClassVar
 
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.adapters.memory_store import MemoryJobStore
+from unified_jobs.adapters.ready import ReadyJobs
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import Job, utcnow
 from unified_jobs.core.limits import CancelToken
@@ -103,11 +104,7 @@ class InProcessAdapter(Adapter):
         # Waited on by close() (for the pool to drain) and by the timer (for the next due job).
         self._cond = threading.Condition(self._lock)
         self._seq = itertools.count()
-        # Ready jobs: a FIFO per priority, and the priorities that have one, highest first
-        # (negated, ascending). Both only grow, under the lock (the tuple is replaced whole),
-        # until close(); so they can be read without it.
-        self._ready: dict[int, deque[Job]] = {}
-        self._levels: tuple[int, ...] = ()
+        self._ready = ReadyJobs()  # taken from without the lock; new priorities under it
         self._delayed: list[tuple[float, int, Job]] = []  # (monotonic due, seq, job), under the lock
         # One token per place no job holds: taken and given back with (atomic) pop and append.
         self._places: deque[None] = deque([None] * self._concurrency)
@@ -132,7 +129,7 @@ class InProcessAdapter(Adapter):
             if not self._threads:
                 self._start()
             self.store.record_enqueued((job,))
-            fifo = self._ready.get(-(job.priority or 0)) if job.run_at is None else None
+            fifo = self._ready.fifo(job.priority) if job.run_at is None else None
             if fifo is not None:
                 fifo.append(job)  # _push's common case
             else:
@@ -145,7 +142,7 @@ class InProcessAdapter(Adapter):
         # Under self._lock.
         delay = (job.run_at - utcnow()).total_seconds() if job.run_at is not None else 0.0
         if delay <= 0:
-            self._push_ready(job)
+            self._ready.push(job)
             return
         entry = (time.monotonic() + delay, next(self._seq), job)
         heapq.heappush(self._delayed, entry)
@@ -154,31 +151,6 @@ class InProcessAdapter(Adapter):
             self._timer.start()
         elif self._delayed[0] is entry:
             self._cond.notify_all()  # the timer sleeps until a later one
-
-    def _push_ready(self, job: Job) -> None:
-        # Under self._lock.
-        level = -(job.priority or 0)
-        fifo = self._ready.get(level)
-        if fifo is None:
-            fifo = self._ready[level] = deque()
-            self._levels = tuple(sorted((*self._levels, level)))
-        fifo.append(job)
-
-    def _take_ready(self) -> Job | None:
-        """The best ready job, taken off its FIFO; None if there is none. Needs no lock."""
-        ready = self._ready
-        for level in self._levels:
-            fifo = ready.get(level)
-            if fifo:
-                try:
-                    return fifo.popleft()
-                except IndexError:  # another thread took the last one meanwhile
-                    continue
-        return None
-
-    def _has_ready(self) -> bool:
-        ready = self._ready
-        return any(ready.get(level) for level in self._levels)
 
     def _dispatch(self, for_me: bool = False, *, locked: bool = False) -> tuple[list[Job] | None, Job | None]:
         """Give free places to the best ready jobs: (the async ones, for the caller to start;
@@ -198,13 +170,13 @@ class InProcessAdapter(Adapter):
                 places.pop()
             except IndexError:
                 break
-            job = self._take_ready()
+            job = self._ready.take()
             if job is None or self._stopped:
                 places.append(None)
                 if job is not None:  # close() emptied the FIFOs meanwhile: not this one
                     self._not_run([job])
                 self._wake_closer(locked)
-                if job is None and self._has_ready():
+                if job is None and self._ready:
                     continue
                 break
             self._running[job.id] = job
@@ -331,7 +303,7 @@ class InProcessAdapter(Adapter):
         if retry is None and not self._stopped:
             # The fast way: hand the place on. While this job holds its place the pool is not
             # idle, so close() is still waiting, or stopped it with jobs running.
-            following = self._take_ready()
+            following = self._ready.take()
             if following is not None:
                 if self._stopped:  # close() emptied the FIFOs meanwhile: not this one
                     self._not_run([following])
@@ -384,7 +356,7 @@ class InProcessAdapter(Adapter):
                 now = time.monotonic()
                 delayed = self._delayed
                 while delayed and delayed[0][0] <= now:
-                    self._push_ready(heapq.heappop(delayed)[2])
+                    self._ready.push(heapq.heappop(delayed)[2])
                 to_loop = self._dispatch(locked=True)[0] if self._places else None
                 if not to_loop:
                     self._cond.wait(delayed[0][0] - now if delayed else None)
@@ -403,7 +375,7 @@ class InProcessAdapter(Adapter):
                 return
             self._draining += 1
             try:
-                while wait and (self._has_ready() or self._delayed or len(self._places) < self._concurrency):
+                while wait and (self._ready or self._delayed or len(self._places) < self._concurrency):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         break
@@ -413,15 +385,7 @@ class InProcessAdapter(Adapter):
             if self._stopped:  # another close() finished meanwhile
                 return
             self._stopped = True
-            not_run: list[Job] = []
-            for level in self._levels:  # popped one by one: a job ending meanwhile may take one
-                fifo = self._ready[level]
-                while True:
-                    try:
-                        not_run.append(fifo.popleft())
-                    except IndexError:
-                        break
-            not_run += [j for *_, j in sorted(self._delayed)]
+            not_run = self._ready.take_all() + [j for *_, j in sorted(self._delayed)]
             self._delayed.clear()
             still_running = list(self._running.values())
             idle = len(self._places) == self._concurrency
