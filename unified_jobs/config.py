@@ -18,6 +18,7 @@ from unified_jobs.core.retry import Retry
 from unified_jobs.errors import ConfigError
 
 __all__ = [
+    "CONFIG_DIR_VAR",
     "DEFAULT_ENV",
     "ENV_VAR",
     "Config",
@@ -27,12 +28,15 @@ __all__ = [
     "RetryConfig",
     "ServerConfig",
     "WorkersConfig",
+    "config_dir_default",
     "load_config",
     "render_template",
 ]
 
 ENV_VAR = "UNIFIED_JOBS_ENV"
 DEFAULT_ENV = "development"
+CONFIG_DIR_VAR = "UNIFIED_JOBS_CONFIG_DIR"
+DEFAULT_CONFIG_DIR = "config"
 
 Mode = Literal["BackgroundQueue", "ForegroundBlocking", "BackgroundAsync"]
 Kind = Literal["Redis", "Postgres", "Sqlite"]
@@ -172,9 +176,17 @@ def render_template(text: str, *, source: str = "<config>") -> str:
     return _TEMPLATE.sub(substitute, text)
 
 
-def load_config(env: str | None = None, config_dir: str | os.PathLike[str] = "config") -> Config:
-    """Load ``<config_dir>/<env>.yaml``; ``env`` defaults to ``$UNIFIED_JOBS_ENV`` or development."""
+def config_dir_default() -> Path:
+    """``$UNIFIED_JOBS_CONFIG_DIR``, else ``config`` (relative to the working directory)."""
+    return Path(os.environ.get(CONFIG_DIR_VAR) or DEFAULT_CONFIG_DIR)
+
+
+def load_config(env: str | None = None, config_dir: str | os.PathLike[str] | None = None) -> Config:
+    """Load ``<config_dir>/<env>.yaml``; ``env`` defaults to ``$UNIFIED_JOBS_ENV`` or development,
+    ``config_dir`` to ``$UNIFIED_JOBS_CONFIG_DIR`` or ``config``."""
     env = env or os.environ.get(ENV_VAR) or DEFAULT_ENV
+    if config_dir is None:
+        config_dir = config_dir_default()
     path = Path(config_dir) / f"{env}.yaml"
     if not path.is_file():
         available = sorted(p.stem for p in Path(config_dir).glob("*.yaml"))

@@ -68,11 +68,12 @@ class Jobs:
     def from_config(
         cls,
         env: str | None = None,
-        config_dir: str | os.PathLike[str] = "config",
+        config_dir: str | os.PathLike[str] | None = None,
         context: Any = None,
         celery_app: Any = None,
     ) -> Jobs:
-        """Load ``<config_dir>/<env>.yaml`` (env: ``$UNIFIED_JOBS_ENV``, default development)."""
+        """Load ``<config_dir>/<env>.yaml`` (env: ``$UNIFIED_JOBS_ENV``, default development;
+        config_dir: ``$UNIFIED_JOBS_CONFIG_DIR``, default ``config`` in the working directory)."""
         return cls(load_config(env, config_dir), context=context, celery_app=celery_app)
 
     # -- registry ----------------------------------------------------------------------------

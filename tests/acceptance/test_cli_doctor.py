@@ -162,8 +162,11 @@ def test_sqlite_schema_is_checked_and_created_with_fix(project: Path) -> None:
     write_config(project, queue_config("Sqlite", f"sqlite:///{db}"))
 
     result = doctor(project)
-    assert result.returncode == 1
-    assert "does not exist; run `unified-jobs doctor --fix`" in line(result.stdout, "FAIL  queue:")
+    assert result.returncode == 0, result.stdout + result.stderr  # a new file is no problem
+    ok = line(result.stdout, "ok    queue:")
+    assert f"the SQLite file {db} does not exist yet; it is created with the queue's tables" in ok
+    assert "on first use (or now, with `unified-jobs doctor --fix`)" in ok
+    assert "FAIL" not in result.stdout
     assert not db.exists()  # checking creates nothing
 
     result = doctor(project, env={"UNIFIED_JOBS_DOCTOR_FIX": "1"})  # = --fix
@@ -177,6 +180,16 @@ def test_sqlite_schema_is_checked_and_created_with_fix(project: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert "table unified_jobs_jobs is at schema version 2" in line(result.stdout, "ok    schema:")
     assert_lists_the_workers(result.stdout)
+
+
+def test_sqlite_file_that_cannot_be_created_fails(project: Path) -> None:
+    blocker = project / "not-a-folder"
+    blocker.write_text("a file where the queue's folder should be\n")
+    write_config(project, queue_config("Sqlite", f"sqlite:///{blocker}/var/jobs.db"))
+    result = doctor(project)
+    assert result.returncode == 1
+    fail = line(result.stdout, "FAIL  queue:")
+    assert f"the SQLite file {blocker}/var/jobs.db cannot be created: {blocker} is a file" in fail
 
 
 def test_good_postgres_config(project: Path) -> None:

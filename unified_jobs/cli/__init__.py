@@ -19,7 +19,7 @@ from unified_jobs.cli._app import find_app_spec, load_app
 from unified_jobs.errors import UnifiedJobsError
 from unified_jobs.jobs import Jobs
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "hoist_group_options", "main"]
 
 
 class Context:
@@ -34,7 +34,50 @@ class Context:
         return self._jobs
 
 
-@click.group(context_settings={"auto_envvar_prefix": "UNIFIED_JOBS", "help_option_names": ["-h", "--help"]})
+#: The group's own options, which may also come after the subcommand (a flag, or one taking a value).
+_GROUP_FLAGS = {"--debug"}
+_GROUP_VALUED = {"--app", "-A", "--env", "-e"}
+
+
+def hoist_group_options(args: list[str]) -> list[str]:
+    """Move ``--app``/``-A``, ``--env``/``-e`` and ``--debug`` found after the subcommand to the
+    front, so ``unified-jobs start --worker --app myapp:jobs`` means what it says. What follows
+    ``--`` is left alone (it is passed on to Celery as it is); no subcommand uses these names."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+        if arg in _GROUP_FLAGS:
+            front.append(arg)
+        elif arg in _GROUP_VALUED and i + 1 < len(args):
+            front += args[i : i + 2]
+            i += 1
+        elif name in _GROUP_VALUED and arg != name:  # --app=x, -Ax
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # Only the top-level call: a subgroup (``jobs``) gets what is left after this.
+        if ctx.parent is None:
+            ctx.meta["unified_jobs.passthrough"] = "--" in args
+            args = hoist_group_options(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(
+    cls=_Group,
+    context_settings={"auto_envvar_prefix": "UNIFIED_JOBS", "help_option_names": ["-h", "--help"]},
+)
 @click.option(
     "--app",
     "-A",
@@ -55,7 +98,11 @@ class Context:
 @click.version_option(__version__, prog_name="unified-jobs")
 @click.pass_context
 def cli(ctx: click.Context, app_spec: str | None, env: str | None, debug: bool) -> None:
-    """unified_jobs: run and manage background jobs."""
+    """unified_jobs: run and manage background jobs.
+
+    --app, --env and --debug may come before or after the command. The config is
+    <UNIFIED_JOBS_CONFIG_DIR or ./config>/<ENV>.yaml.
+    """
     if env:
         os.environ["UNIFIED_JOBS_ENV"] = env
     ctx.obj = Context(app_spec, debug)

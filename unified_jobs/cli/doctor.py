@@ -17,7 +17,7 @@ import click
 from unified_jobs._uri import mask_uri
 from unified_jobs.cli import Context, cli
 from unified_jobs.cli._app import AppNotFoundError, find_app_spec, load_app
-from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, load_config
+from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, config_dir_default, load_config
 from unified_jobs.errors import ConfigError, UnifiedJobsError
 from unified_jobs.jobs import Jobs
 
@@ -82,11 +82,11 @@ class DoctorReport:
 )
 @click.option(
     "--config-dir",
-    default="config",
-    show_default=True,
+    default=None,
     show_envvar=True,
     metavar="DIR",
-    help="Where <ENV>.yaml is, for checking the config alone when no app is found or it fails to load.",
+    help="Where <ENV>.yaml is, for checking the config alone when no app is found or it fails to load "
+    "[default: $UNIFIED_JOBS_CONFIG_DIR, else config].",
 )
 @click.option(
     "--timeout",
@@ -98,7 +98,7 @@ class DoctorReport:
     help="How long to wait for the queue to answer.",
 )
 @click.pass_obj
-def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
+def doctor(obj: Context, fix: bool, config_dir: str | None, timeout: float) -> None:
     """Check the config, the queue and the registered workers.
 
     Loads the app (--app, UNIFIED_JOBS_APP or pyproject.toml) and says which env, mode and
@@ -111,7 +111,7 @@ def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
     env = os.environ.get(ENV_VAR) or DEFAULT_ENV
     source = f"from --env or {ENV_VAR}" if os.environ.get(ENV_VAR) else "the default"
     report.info("env", f"{env} ({source})")
-    jobs, config = _load(obj, report, env, config_dir)
+    jobs, config = _load(obj, report, env, Path(config_dir) if config_dir else config_dir_default())
     if config is not None:
         _describe(report, config, jobs)
         if config.workers.mode == "BackgroundQueue" and config.queue is not None:
@@ -126,7 +126,9 @@ def doctor(obj: Context, fix: bool, config_dir: str, timeout: float) -> None:
     click.echo("\ndoctor: every check passed")
 
 
-def _load(obj: Context, report: DoctorReport, env: str, config_dir: str) -> tuple[Jobs | None, Config | None]:
+def _load(
+    obj: Context, report: DoctorReport, env: str, config_dir: Path
+) -> tuple[Jobs | None, Config | None]:
     """The app and its config; without an app, the config file alone."""
     try:
         spec: str | None = find_app_spec(obj.app_spec)
@@ -150,7 +152,7 @@ def _load(obj: Context, report: DoctorReport, env: str, config_dir: str) -> tupl
                 report.add_secret_from(jobs.config.queue.uri)
             report.ok("config", "valid (loaded by the app)")
             return jobs, jobs.config
-    path = Path(config_dir) / f"{env}.yaml"
+    path = config_dir / f"{env}.yaml"
     try:
         config = load_config(env, config_dir)
     except ConfigError as exc:

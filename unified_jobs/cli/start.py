@@ -17,7 +17,7 @@ from unified_jobs.jobs import Jobs
 logger = logging.getLogger(__name__)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True})
+@cli.command()
 @click.option("--worker", "-w", is_flag=True, help="Run a worker process consuming the app's queues.")
 @click.option(
     "--server-and-worker",
@@ -91,6 +91,11 @@ def start(
     in an embedded worker consuming the queue (BackgroundQueue). Ctrl-C / SIGTERM stops both:
     the server stops taking requests, then jobs in progress finish.
     """
+    if celery_args and not click.get_current_context().meta.get("unified_jobs.passthrough"):
+        raise click.UsageError(
+            f"unexpected argument {celery_args[0]!r}; options for `celery worker` go after `--`, "
+            "e.g. unified-jobs start --worker -- --prefetch-multiplier 1"
+        )
     if worker == server_and_worker:
         raise click.UsageError("say what to start: --worker (-w) or --server-and-worker (-s)")
     jobs = obj.jobs()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -187,14 +188,7 @@ class SqlKind(QueueKind):
         else:
             database = url.database or ""
             if not fix and not Path(database).is_file():
-                return [
-                    (
-                        "fail",
-                        "queue",
-                        f"{where}: the SQLite file {database} does not exist; run `unified-jobs doctor "
-                        "--fix` to create it with the queue's tables",
-                    )
-                ]
+                return [_sqlite_file_to_come(where, Path(database))]
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         tables = tables_for(queue.table_prefix)
         try:
@@ -233,3 +227,21 @@ class SqlKind(QueueKind):
             cause = getattr(exc, "orig", None) or exc
             return [*checks, ("fail", "schema", f"could not create table {name}: {cause}")]
         return [*checks, ("ok", "schema", f"table {name} was {state}; created it (schema version {version})")]
+
+
+def _sqlite_file_to_come(where: str, database: Path) -> Check:
+    """A SQLite queue whose file does not exist yet: fine if it can be created there."""
+    folder = database.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return ("fail", "queue", f"{where}: the SQLite file {database} cannot be created: {folder} is a file")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        why = f"{folder} is not writable"
+        return ("fail", "queue", f"{where}: the SQLite file {database} cannot be created: {why}")
+    return (
+        "ok",
+        "queue",
+        f"{where}: the SQLite file {database} does not exist yet; it is created with the queue's tables "
+        "on first use (or now, with `unified-jobs doctor --fix`)",
+    )
