@@ -94,6 +94,8 @@ class Jobs:
             )
         self._workers[worker_cls.name] = worker_cls
         worker_cls._unified_jobs_app = self
+        if not worker_cls._queue_named:
+            worker_cls.queue = self._bridge.default_queue if self._bridge is not None else "default"
         if self._bridge is not None:
             self._bridge.register_worker(worker_cls)
         self._adapter.on_register(worker_cls)

@@ -44,7 +44,11 @@ class Worker(Generic[Args]):
     """
 
     #: Queue the worker's jobs go to unless ``perform_later(queue=...)`` says otherwise.
+    #: Unset, it is ``"default"``, or an adopted Celery app's ``task_default_queue`` (set on the
+    #: class when it is registered with that app).
     queue: ClassVar[str] = "default"
+    #: Whether the class (or a base) names its queue; else registering sets the app's default.
+    _queue_named: ClassVar[bool] = False
     #: Tags; ``unified-jobs start --worker --tag T`` runs only workers tagged ``T``.
     tags: ClassVar[tuple[str, ...]] = ()
     #: Unique name, also the Celery task name. Default: ``"<module>.<ClassName>"``.
@@ -88,6 +92,7 @@ class Worker(Generic[Args]):
                 f"{cls.__qualname__}.tags must be a tuple of strings, e.g. tags = ({cls.tags!r},)"
             )
         cls.tags = tuple(cls.tags)
+        cls._queue_named = "queue" in cls.__dict__ or cls._queue_named  # inherited from a base
         if not isinstance(cls.queue, str) or not cls.queue:
             raise WorkerDefinitionError(f"{cls.__qualname__}.queue must be a non-empty string")
         cls._unified_jobs_app = None

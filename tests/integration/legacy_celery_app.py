@@ -100,5 +100,14 @@ class Greet(Worker[GreetArgs]):
         _record(task="greet", name=args.name, pid=os.getpid())
 
 
+class Report(Worker[GreetArgs]):
+    name = "legacy.Report"
+    queue = "reports"  # a queue of its own: a stock `celery worker` (no -Q) consumes it too
+
+    def perform(self, args: GreetArgs) -> None:
+        _record(task="report", name=args.name, pid=os.getpid())
+
+
 jobs = Jobs(Config.from_dict(json.loads(os.environ["UJ_LEGACY_CONFIG"])), celery_app=app)  # added
 jobs.register(Greet)  # added
+jobs.register(Report)  # added

@@ -18,7 +18,18 @@ import pytest
 from celery.result import EagerResult
 from kombu.exceptions import EncodeError
 
-from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
+from tests.conftest import (
+    PG_HOST,
+    PG_PORT,
+    PG_URL,
+    REDIS_HOST,
+    REDIS_PORT,
+    clear_sql_jobs,
+    flush_redis_db,
+    redis_url,
+    require_service,
+    sql_prefix,
+)
 from tests.procs import BIN, WorkerProcess, read_records, unified_jobs_worker, wait_until
 
 pytestmark = [
@@ -159,8 +170,14 @@ def test_existing_settings_are_kept_and_safety_settings_added(
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
     router = legacy.app.amqp.router
     assert router.route({}, "legacy.add")["queue"].name == "math"
-    assert router.route({}, "legacy.Greet")["queue"].name == "default"
-    assert set(legacy.jobs.celery_bridge().worker_queues()) == {"legacy-default", "default", "math"}
+    # A Worker without a queue of its own goes to the adopted app's default queue.
+    assert router.route({}, "legacy.Greet")["queue"].name == "legacy-default"
+    assert legacy.Greet.queue == "legacy-default"
+    assert legacy.Greet.perform_later({"name": "x"}).queue == "legacy-default"
+    assert router.route({}, "legacy.Report")["queue"].name == "reports"
+    assert set(legacy.jobs.celery_bridge().worker_queues()) == {"legacy-default", "math", "reports"}
+    # every Worker queue is declared on the app, so a stock `celery worker` consumes it
+    assert {"legacy-default", "reports"} <= set(legacy.app.amqp.queues)
 
 
 @pytest.fixture
@@ -170,33 +187,65 @@ def queue_env(record: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[st
     yield {"UJ_LEGACY_CONFIG": json.dumps(QUEUE_CONFIG), "UJ_LEGACY_RECORD": str(record)}
 
 
+def _kind_config(kind: str, tmp_path: Path) -> dict[str, Any]:
+    if kind == "redis":
+        require_service("Redis", REDIS_HOST, REDIS_PORT)
+        flush_redis_db("dropin")
+        return QUEUE_CONFIG
+    if kind == "postgres":
+        require_service("PostgreSQL", PG_HOST, PG_PORT)
+        prefix = sql_prefix("dropin")
+        clear_sql_jobs(PG_URL, prefix)
+        return {
+            "workers": {"mode": "BackgroundQueue"},
+            "queue": {"kind": "Postgres", "uri": PG_URL, "table_prefix": prefix},
+        }
+    return {
+        "workers": {"mode": "BackgroundQueue"},
+        "queue": {"kind": "Sqlite", "uri": f"sqlite:///{tmp_path / 'dropin.db'}"},
+    }
+
+
+@pytest.mark.parametrize("kind", ["redis", "postgres", "sqlite"])
 def test_a_stock_celery_worker_runs_jobs_from_perform_later(
-    monkeypatch: pytest.MonkeyPatch, record: Path, queue_env: dict[str, str], tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, record: Path, tmp_path: Path, kind: str
 ) -> None:
-    legacy = load_legacy(monkeypatch, record, QUEUE_CONFIG)
+    config = _kind_config(kind, tmp_path)
+    legacy = load_legacy(monkeypatch, record, config)
+    env = {"UJ_LEGACY_CONFIG": json.dumps(config), "UJ_LEGACY_RECORD": str(record)}
     worker = WorkerProcess(
         [
             str(BIN / "celery"),
             "-A",
             "tests.integration.legacy_celery_app",
-            "worker",
-            "-Q",
-            "default,math,legacy-default",
+            "worker",  # no -Q: it consumes the app's default queue and every Worker's queue
             "-c",
             "2",
             "--without-mingle",
             "--without-gossip",
         ],
-        queue_env,
+        env,
         tmp_path / "celery.log",
     )
     try:
-        legacy.Greet.perform_later({"name": "grace"})
-        legacy.add.delay(20, 22)
-        assert wait_until(lambda: len(read_records(record)) >= 2, timeout=30), worker.output()[-3000:]
-        assert {r["task"] for r in read_records(record)} == {"greet", "add"}
+        legacy.Greet.perform_later({"name": "grace"})  # the app's default queue, legacy-default
+        legacy.Report.perform_later({"name": "ada"})  # its own queue, reports
+        legacy.with_base.delay(7)  # a plain task, on the app's default queue
+        assert wait_until(lambda: len(read_records(record)) >= 3, timeout=30), worker.output()[-3000:]
+        assert {r["task"] for r in read_records(record)} == {"greet", "report", "with_base"}
+        if kind == "redis":  # remote control needs a fanout exchange, which the SQL kinds lack
+            out = subprocess.run(
+                [str(BIN / "celery"), "-A", "tests.integration.legacy_celery_app", "inspect", "registered"],
+                env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert "legacy.Greet" in out.stdout and "legacy.Report" in out.stdout, out.stdout + out.stderr
     finally:
         worker.stop()
+    banner = worker.output()
+    assert "legacy-default" in banner and "reports" in banner
 
 
 def test_unified_jobs_worker_runs_the_old_tasks(

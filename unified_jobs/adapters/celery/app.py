@@ -233,8 +233,13 @@ class CeleryBridge:
             logger.exception("could not record the failure of job %s in the job store", job_id)
 
     def _declare_queue(self, queue: str) -> None:
+        """Declare a Worker's queue on the app, among those a worker consumes without ``-Q``
+        (``celery worker`` consumes the queues declared when it starts; a ``-Q`` selection made
+        before is left as it is)."""
         queues = self.app.amqp.queues
-        if queue not in queues:
+        if getattr(queues, "_consume_from", None) is None:
+            queues.select_add(queue)
+        elif queue not in queues:
             queues.add(queue)
 
     def queue_of(self, name: str) -> str:
