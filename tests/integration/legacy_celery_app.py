@@ -21,6 +21,7 @@ app = Celery("legacy")
 app.conf.task_routes = {"legacy.add": {"queue": "math"}}
 app.conf.task_time_limit = 30
 app.conf.task_default_queue = "legacy-default"
+app.conf.beat_schedule = {"add-every-second": {"task": "legacy.add", "schedule": 1.0, "args": (1, 2)}}
 
 
 def _record(**fields: object) -> None:

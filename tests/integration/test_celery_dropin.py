@@ -306,3 +306,48 @@ def test_celery_cli_inspect_sees_a_unified_jobs_worker(
         assert "legacy.Greet" in out.stdout and "legacy.add" in out.stdout
     finally:
         worker.stop()
+
+
+def _beat(env: dict[str, str], tmp_path: Path, seconds: float) -> subprocess.CompletedProcess[str]:
+    """``celery -A legacy beat`` for up to ``seconds`` (then SIGTERM)."""
+    argv = [str(BIN / "celery"), "-A", "tests.integration.legacy_celery_app", "beat", "--loglevel", "INFO"]
+    argv += ["--schedule", str(tmp_path / "beat-schedule"), "--pidfile", ""]
+    proc = subprocess.Popen(
+        argv,
+        env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, "")
+
+
+@pytest.mark.parametrize("mode", ["BackgroundAsync", "ForegroundBlocking"])
+def test_celery_beat_in_a_mode_without_a_queue_says_so_and_runs_nothing(
+    record: Path, tmp_path: Path, mode: str
+) -> None:
+    env = {"UJ_LEGACY_CONFIG": json.dumps({"workers": {"mode": mode}}), "UJ_LEGACY_RECORD": str(record)}
+    result = _beat(env, tmp_path, seconds=30)
+    assert result.returncode == 78, result.stdout
+    assert f"workers.mode is {mode}, which has no queue" in result.stdout
+    assert "would run inside this beat process" in result.stdout
+    assert read_records(record) == []  # the periodic task never ran in the beat process
+
+
+def test_celery_beat_with_a_queue_publishes_the_periodic_tasks(
+    record: Path, queue_env: dict[str, str], tmp_path: Path
+) -> None:
+    import redis
+
+    result = _beat(queue_env, tmp_path, seconds=4)
+    assert "has no queue" not in result.stdout, result.stdout
+    assert "Sending due task add-every-second (legacy.add)" in result.stdout, result.stdout
+    assert read_records(record) == []  # published for the workers, not run here
+    client = redis.Redis.from_url(redis_url("dropin"))
+    assert client.llen("math") >= 1  # legacy.add is routed to "math" by the app's task_routes

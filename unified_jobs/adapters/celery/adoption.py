@@ -10,12 +10,15 @@ there, whatever the task's ``base=`` class), and ``release`` takes it away again
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import signature, states
+from celery.signals import beat_init
 from celery.app.task import Task
 from celery.exceptions import Retry
 from celery.result import AsyncResult, EagerResult
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     from unified_jobs.adapters.celery.app import CeleryBridge
 
 __all__ = ["release", "route_through_mode", "task_runner"]
+
+logger = logging.getLogger(__name__)
 
 _CANVAS_OPTIONS = ("link", "link_error", "chain")
 #: ``Celery.send_task``'s positional parameters after ``name, args, kwargs``.
@@ -57,11 +62,39 @@ def route_through_mode(bridge: CeleryBridge) -> None:
 
     send_task.__wrapped__ = original  # type: ignore[attr-defined]
     app.send_task = send_task
+    _guard_beat(bridge)
+
+
+def _guard_beat(bridge: CeleryBridge) -> None:
+    """``celery beat`` for an app in a mode without a queue would run each periodic task inside
+    the beat process (its calls follow the mode): stop it at start, saying why, instead."""
+
+    def on_beat_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is not bridge.app:
+            return
+        adapter = bridge.current_adapter()
+        if getattr(adapter, "publishes_to_celery", False):
+            return
+        message = (
+            f"celery beat: workers.mode is {adapter.kind}, which has no queue, so each periodic task "
+            "would run inside this beat process. Run beat (and the workers) with a config whose "
+            "workers.mode is BackgroundQueue, or call the tasks from your app's own process"
+        )
+        logger.critical(message)
+        print(message, file=sys.stderr)
+        raise SystemExit(78)  # EX_CONFIG; Celery's signal dispatch catches only Exception
+
+    beat_init.connect(on_beat_init, weak=False, dispatch_uid=_beat_guard_uid(bridge))
+
+
+def _beat_guard_uid(bridge: CeleryBridge) -> str:
+    return f"unified_jobs.beat_guard.{id(bridge.app)}"
 
 
 def release(bridge: CeleryBridge) -> None:
     """Undo ``route_through_mode``: the app's tasks publish as plain Celery does again."""
     vars(bridge.app).pop("send_task", None)
+    beat_init.disconnect(dispatch_uid=_beat_guard_uid(bridge))
 
 
 def task_runner(bridge: CeleryBridge, job: Job) -> Callable[[], Any] | None:
