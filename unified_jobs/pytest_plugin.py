@@ -13,6 +13,9 @@ Fixtures:
   or ``--unified-jobs-app``; override this fixture in ``conftest.py`` to give it directly.
 - ``unified_jobs_context``: the context of the fresh apps (default ``None``); override it.
 
+No fixture name is shared with Celery's own fixtures (``celery.contrib.pytest``) or
+pytest-celery's; using both in one suite is shown in docs/guides/testing.md.
+
 Every fixture restores what it changed (the app's adapter, which app each worker class is
 bound to) when the test ends, failed or not. Nothing is imported or configured until a
 fixture is used, so projects that do not use the plugin are not affected.

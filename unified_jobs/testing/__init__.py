@@ -51,6 +51,7 @@ __all__ = [
     "aperform_enqueued_jobs",
     "assert_enqueued",
     "assert_not_enqueued",
+    "celery_worker_parameters_for",
     "clear_enqueued_jobs",
     "current_recorder",
     "enqueued_jobs",
@@ -58,6 +59,7 @@ __all__ = [
     "perform_enqueued_jobs",
     "recording",
     "run_worker",
+    "watch_jobs",
 ]
 
 #: The modes ``override_mode`` can switch an app into.
@@ -235,3 +237,27 @@ def run_worker(
     return _run_worker(
         jobs, pool=pool, concurrency=concurrency, queues=queues, shutdown_timeout=shutdown_timeout
     )
+
+
+def watch_jobs(jobs: Jobs, queues: list[str] | None = None) -> AbstractContextManager[RunningWorker]:
+    """Follow what a Celery worker of this process that you started runs for ``jobs``.
+
+    For Celery's own pytest fixtures (``celery_worker``, ``celery_session_worker`` of
+    ``celery.contrib.pytest``) on ``jobs.celery``: ``with watch_jobs(jobs) as watcher:``, then
+    ``watcher.wait(handle)`` waits for a job, or ``watcher.wait(result.id)`` for a plain task,
+    and raises ``JobFailedInWorker`` if it failed.
+    """
+    from unified_jobs.adapters.celery.testing import watch_jobs as _watch_jobs
+
+    return _watch_jobs(jobs, queues)
+
+
+def celery_worker_parameters_for(jobs: Jobs) -> dict[str, Any]:
+    """What Celery's ``celery_worker_parameters`` fixture should return to run ``jobs``.
+
+    The worker then consumes every queue of ``jobs``, and skips Celery's ping check (it needs a
+    result backend). Return it from your override of that fixture (see docs/guides/testing.md).
+    """
+    from unified_jobs.adapters.celery.testing import worker_parameters
+
+    return worker_parameters(jobs)

@@ -17,7 +17,7 @@ from unified_jobs.job import JobHandle
 if TYPE_CHECKING:
     from unified_jobs.jobs import Jobs
 
-__all__ = ["JobFailedInWorker", "RunningWorker", "run_worker"]
+__all__ = ["JobFailedInWorker", "RunningWorker", "run_worker", "watch_jobs", "worker_parameters"]
 
 
 class JobFailedInWorker(UnifiedJobsError, AssertionError):
@@ -86,6 +86,29 @@ class RunningWorker:
 
 
 @contextmanager
+def watch_jobs(jobs: Jobs, queues: list[str] | None = None) -> Iterator[RunningWorker]:
+    """Follow what any Celery worker of this process runs for ``jobs`` inside the block.
+
+    For a worker this module did not start, e.g. ``celery.contrib.pytest``'s ``celery_worker``
+    on ``jobs.celery``: ``watcher.wait(handle)`` waits for a job (or a plain task's id).
+    """
+    running = RunningWorker(jobs, queues or jobs.celery_bridge().worker_queues())
+    signals.task_postrun.connect(running._on_postrun, weak=False)
+    signals.task_failure.connect(running._on_failure, weak=False)
+    try:
+        yield running
+    finally:
+        signals.task_postrun.disconnect(running._on_postrun)
+        signals.task_failure.disconnect(running._on_failure)
+
+
+def worker_parameters(jobs: Jobs) -> dict[str, Any]:
+    """Keyword arguments of Celery's ``start_worker`` for a worker that runs ``jobs``' queues."""
+    # No ping check: it needs a result backend, which an app's queue kind may not configure.
+    return {"queues": jobs.celery_bridge().worker_queues(), "perform_ping_check": False}
+
+
+@contextmanager
 def run_worker(
     jobs: Jobs,
     *,
@@ -100,11 +123,9 @@ def run_worker(
             f"run_worker needs an app in BackgroundQueue mode (a real queue); this one is {jobs.mode}. "
             "Use a config with workers.mode: BackgroundQueue, or test inline with the inline_jobs fixture"
         )
-    running = RunningWorker(jobs, queues or jobs.celery_bridge().worker_queues())
-    signals.task_postrun.connect(running._on_postrun, weak=False)
-    signals.task_failure.connect(running._on_failure, weak=False)
-    try:
-        with start_worker(
+    with (
+        watch_jobs(jobs, queues) as running,
+        start_worker(
             jobs.celery,
             pool=pool,
             concurrency=concurrency,
@@ -112,8 +133,6 @@ def run_worker(
             queues=running.queues,
             shutdown_timeout=shutdown_timeout,
             loglevel="WARNING",
-        ):
-            yield running
-    finally:
-        signals.task_postrun.disconnect(running._on_postrun)
-        signals.task_failure.disconnect(running._on_failure)
+        ),
+    ):
+        yield running
