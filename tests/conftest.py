@@ -40,6 +40,9 @@ REDIS_DBS = {
     "testing": 14,
     "examples": 15,
     "jobscli": 9,
+    # an adopted app's broker and result backend in the modes without a queue
+    "canvas_broker": 4,
+    "canvas_results": 5,
 }
 
 

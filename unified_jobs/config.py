@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unified_jobs.core.retry import Retry
 from unified_jobs.errors import ConfigError
@@ -21,6 +21,7 @@ __all__ = [
     "CONFIG_DIR_VAR",
     "DEFAULT_ENV",
     "ENV_VAR",
+    "KEEPABLE_CELERY_SETTINGS",
     "Config",
     "Kind",
     "Mode",
@@ -37,6 +38,23 @@ ENV_VAR = "UNIFIED_JOBS_ENV"
 DEFAULT_ENV = "development"
 CONFIG_DIR_VAR = "UNIFIED_JOBS_CONFIG_DIR"
 DEFAULT_CONFIG_DIR = "config"
+
+#: The Celery settings unified_jobs sets on an adopted app that ``workers.keep_celery_settings``
+#: can leave as the app has them. Not among them: the serializer (Worker jobs are JSON, which
+#: the job stores and ``jobs dump`` read), ``broker_url`` (the queue's ``uri``), ``task_routes``
+#: (Workers' routes are added in front of the app's) and ``broker_transport_options`` (merged).
+KEEPABLE_CELERY_SETTINGS = (
+    "task_acks_late",
+    "task_reject_on_worker_lost",
+    "task_acks_on_failure_or_timeout",
+    "accept_content",
+    "result_serializer",
+    "result_accept_content",
+    "task_publish_retry",
+    "task_publish_retry_policy",
+    "broker_connection_retry_on_startup",
+    "broker_connection_max_retries",
+)
 
 Mode = Literal["BackgroundQueue", "ForegroundBlocking", "BackgroundAsync"]
 Kind = Literal["Redis", "Postgres", "Sqlite"]
@@ -75,6 +93,21 @@ class WorkersConfig(_Strict):
     #: Seconds a completed job's record is kept (Redis and in-process stores); failed ones stay
     #: until discarded.
     keep_completed: float = Field(default=86_400.0, ge=0)
+    #: An adopted Celery app's own settings to keep as the app has them, where unified_jobs
+    #: would otherwise set them (see ``KEEPABLE_CELERY_SETTINGS``). Workers' tasks keep safe
+    #: delivery whatever the app says.
+    keep_celery_settings: tuple[str, ...] = ()
+
+    @field_validator("keep_celery_settings")
+    @classmethod
+    def _keepable(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in names if name not in KEEPABLE_CELERY_SETTINGS]
+        if unknown:
+            raise ValueError(
+                f"cannot keep {', '.join(unknown)}: the settings an adopted app can keep are "
+                f"{', '.join(KEEPABLE_CELERY_SETTINGS)}"
+            )
+        return names
 
     def default_retry(self) -> Retry | None:
         return self.retry.policy() if self.retry is not None else None

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from celery.result import EagerResult
 from kombu.exceptions import EncodeError
+from pydantic import BaseModel
 
 from tests.conftest import (
     PG_HOST,
@@ -178,6 +179,66 @@ def test_existing_settings_are_kept_and_safety_settings_added(
     assert set(legacy.jobs.celery_bridge().worker_queues()) == {"legacy-default", "math", "reports"}
     # every Worker queue is declared on the app, so a stock `celery worker` consumes it
     assert {"legacy-default", "reports"} <= set(legacy.app.amqp.queues)
+
+
+def test_an_adopted_app_can_keep_its_own_delivery_settings() -> None:
+    from celery import Celery
+
+    from unified_jobs import Config, Jobs, Worker
+
+    app = Celery("keeper")
+    app.conf.task_acks_late = False
+    app.conf.task_publish_retry = False
+
+    @app.task(name="keeper.plain")
+    def plain() -> None: ...
+
+    class Args(BaseModel):
+        n: int
+
+    class Keep(Worker[Args]):
+        name = "keeper.Keep"
+
+        def perform(self, args: Args) -> None: ...
+
+    config = {"workers": {"mode": "BackgroundQueue", "keep_celery_settings": ["task_acks_late"]}}
+    config["queue"] = QUEUE_CONFIG["queue"]
+    jobs = Jobs(Config.from_dict(config), celery_app=app)
+    try:
+        jobs.register(Keep)
+        assert app.conf.task_acks_late is False  # kept, as the app had it
+        assert app.conf.task_publish_retry is True  # not kept: set by unified_jobs
+        assert app.tasks["keeper.plain"].acks_late is False
+        worker_task = app.tasks["keeper.Keep"]  # a Worker keeps safe delivery whatever the app says
+        assert worker_task.acks_late is True and worker_task.reject_on_worker_lost is True
+    finally:
+        jobs.shutdown()
+
+
+def test_keeping_celery_settings_is_checked() -> None:
+    from celery import Celery
+
+    from unified_jobs import Config, Jobs
+    from unified_jobs.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match="cannot keep task_serializer: the settings an adopted app can keep"
+    ):
+        Config.from_dict({"workers": {"keep_celery_settings": ["task_serializer"]}})
+    keep_acks = Config.from_dict(
+        {"workers": {"mode": "ForegroundBlocking", "keep_celery_settings": ["task_acks_late"]}}
+    )
+    with pytest.raises(
+        ConfigError, match="keeps an adopted Celery app's own settings, and this Jobs adopted none"
+    ):
+        Jobs(keep_acks).celery_bridge()
+    app = Celery("pickler")
+    app.conf.accept_content = ["pickle"]
+    keep_content = Config.from_dict(
+        {"workers": {"mode": "ForegroundBlocking", "keep_celery_settings": ["accept_content"]}}
+    )
+    with pytest.raises(ConfigError, match=r"keeps accept_content \['pickle'\], which lacks json"):
+        Jobs(keep_content, celery_app=app)
 
 
 @pytest.fixture

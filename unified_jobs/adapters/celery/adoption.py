@@ -17,11 +17,11 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
-from celery import signature, states
-from celery.signals import beat_init
+from celery import states
 from celery.app.task import Task
 from celery.exceptions import Retry
 from celery.result import AsyncResult, EagerResult
+from celery.signals import beat_init
 from celery.utils.nodenames import gethostname
 from kombu.exceptions import EncodeError
 
@@ -32,11 +32,12 @@ from unified_jobs.errors import EnqueueError
 if TYPE_CHECKING:
     from unified_jobs.adapters.celery.app import CeleryBridge
 
-__all__ = ["release", "route_through_mode", "task_runner"]
+__all__ = ["IN_MEMORY_RESULTS", "release", "results_in_memory", "route_through_mode", "task_runner"]
 
 logger = logging.getLogger(__name__)
 
-_CANVAS_OPTIONS = ("link", "link_error", "chain")
+#: What a call carries of the canvas it belongs to (kept with the job, given to the tracer).
+_CANVAS_OPTIONS = ("link", "link_error", "chain", "chord", "group_id", "group_index", "root_id", "parent_id")
 #: ``Celery.send_task``'s positional parameters after ``name, args, kwargs``.
 _SEND_TASK_POSITIONAL = ("countdown", "eta", "task_id", "producer", "connection", "router", "result_cls")
 
@@ -50,15 +51,30 @@ def route_through_mode(bridge: CeleryBridge) -> None:
 
     def send_task(name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         adapter = bridge.current_adapter()
-        task = options.get("task_type") or app._tasks.get(name)
-        if getattr(adapter, "publishes_to_celery", False) or task is None or name.startswith("celery."):
+        if getattr(adapter, "publishes_to_celery", False):
             return original(name, args, kwargs, *rest, **options)
+        task = options.get("task_type") or app._tasks.get(name)
+        if task is None:
+            raise EnqueueError(
+                f"{name}: no such task is registered in this process, and in {adapter.kind} mode "
+                "there is no queue for another process to take it from"
+            )
+        if name == "celery.chord_unlock" and adapter.kind == "ForegroundBlocking":
+            raise EnqueueError(
+                f"a chord needs a result backend that counts its parts ({type(app.backend).__name__} "
+                "polls them with celery.chord_unlock, which cannot wait in ForegroundBlocking mode): "
+                "use a Redis or cache result backend, or none (results are then kept in memory)"
+            )
         options.update(zip(_SEND_TASK_POSITIONAL, rest, strict=False))
         job = _job_for_call(bridge, name, args, kwargs, options)
+        parent = app.current_worker_task if options.get("add_to_parent", True) else None
         value = adapter.enqueue(job)
         if adapter.kind == "ForegroundBlocking":
             return EagerResult(job.id, value, states.SUCCESS, name=name)
-        return AsyncResult(job.id, app=app, task_name=name)
+        result = AsyncResult(job.id, app=app, task_name=name)
+        if parent is not None:  # as Celery's send_task: the caller's result lists it as a child
+            parent.add_trail(result)
+        return result
 
     send_task.__wrapped__ = original  # type: ignore[attr-defined]
     app.send_task = send_task
@@ -91,21 +107,41 @@ def _beat_guard_uid(bridge: CeleryBridge) -> str:
     return f"unified_jobs.beat_guard.{id(bridge.app)}"
 
 
+#: The result backend an app without one gets in a mode without a queue, so that ``.get()``,
+#: ``.state``, chains and chords work in this process, as in Celery's eager mode. Celery's
+#: in-memory cache backend: shared by the process's threads, it keeps the last 5,000 results.
+IN_MEMORY_RESULTS = "cache+memory://"
+
+
+def results_in_memory(app: Any) -> bool:
+    """Give ``app`` the in-memory result backend if it has none; whether it did."""
+    if app.conf.result_backend not in (None, "", "disabled", "disabled://"):
+        return False
+    app.conf.result_backend = IN_MEMORY_RESULTS
+    vars(app._local).pop("backend", None)  # this thread's DisabledBackend, if it made one
+    return True
+
+
 def release(bridge: CeleryBridge) -> None:
     """Undo ``route_through_mode``: the app's tasks publish as plain Celery does again."""
     vars(bridge.app).pop("send_task", None)
+    if bridge.results_in_memory and bridge.app.conf.result_backend == IN_MEMORY_RESULTS:
+        bridge.app.conf.result_backend = None
+        vars(bridge.app._local).pop("backend", None)
     beat_init.disconnect(dispatch_uid=_beat_guard_uid(bridge))
 
 
 def task_runner(bridge: CeleryBridge, job: Job) -> Callable[[], Any] | None:
     """How the executor runs a job of one of the app's own tasks (None: no such task).
 
-    The task runs through Celery's eager tracer, as ``task.apply`` does, so ``link`` and
-    ``link_error`` callbacks fire and a chain goes on with the next task (both enqueued with
+    The task runs through Celery's worker tracer, as a Celery worker runs it: its state and
+    result go to the app's result backend (in a mode without a queue, an in-memory one if it
+    has none: ``IN_MEMORY_RESULTS``), ``update_state`` works, ``link`` and ``link_error`` callbacks
+    fire, a chain goes on with its next task and a chord's last part calls its body (all with
     ``apply_async``, so they follow the mode too). One difference: when the task asks to retry
-    (``self.retry(countdown=...)``, ``autoretry_for``), that is handed to the executor as a
-    ``RetryRequested`` at the task's eta, instead of Celery's eager rerun at once, so the
-    in-process pool waits out the delay as a Celery worker would.
+    (``self.retry(countdown=...)``, ``autoretry_for``), the request says it is eager, so Celery
+    does not republish it; that is handed to the executor as a ``RetryRequested`` at the
+    task's eta, so the in-process pool waits out the delay as a Celery worker would.
     """
     task = bridge.app.tasks.get(job.name)
     if task is None:
@@ -115,18 +151,14 @@ def task_runner(bridge: CeleryBridge, job: Job) -> Callable[[], Any] | None:
     canvas = json.loads(job.extra_json)
 
     def run() -> Any:
-        value = _apply(task, args, kwargs, job, canvas).get()
-        rest = canvas.get("chain")
-        if rest:
-            signature(rest[-1], app=bridge.app).apply_async((value,), chain=rest[:-1] or None)
-        return value
+        return _apply(task, args, kwargs, job, canvas).get()
 
     return run
 
 
 def _apply(task: Task, args: Any, kwargs: Any, job: Job, canvas: dict[str, Any]) -> EagerResult:
-    """``Task.apply`` for one attempt (``job.attempt``), which raises ``RetryRequested`` rather
-    than rerunning a retrying task at once."""
+    """One attempt (``job.attempt``) through Celery's tracer, which raises ``RetryRequested``
+    rather than republishing a retrying task."""
     from celery.app.trace import build_tracer
 
     app = task._get_app()
@@ -134,9 +166,14 @@ def _apply(task: Task, args: Any, kwargs: Any, job: Job, canvas: dict[str, Any])
     request = {
         "id": job.id,
         "task": task.name,
-        "root_id": job.id,
+        "root_id": canvas.get("root_id") or job.id,
+        "parent_id": canvas.get("parent_id"),
+        "group": canvas.get("group_id"),
+        "group_index": canvas.get("group_index"),
+        "chord": canvas.get("chord"),
+        "chain": canvas.get("chain"),
         "retries": retries,
-        "is_eager": True,
+        "is_eager": True,  # Task.retry raises Retry instead of publishing the next try
         "loglevel": 0,
         "hostname": gethostname(),
         "callbacks": _as_list(canvas.get("link")),
@@ -147,10 +184,11 @@ def _apply(task: Task, args: Any, kwargs: Any, job: Job, canvas: dict[str, Any])
             else [task.time_limit, task.soft_time_limit]
         ),
         "ignore_result": task.ignore_result,
-        "delivery_info": {"is_eager": True, "routing_key": job.queue, "priority": job.priority},
+        # not eager here: errback tasks are sent with apply_async (so they follow the mode)
+        "delivery_info": {"is_eager": False, "routing_key": job.queue, "priority": job.priority},
     }
-    # propagate=False, so that the tracer calls the errbacks; .get() re-raises the error.
-    tracer = build_tracer(task.name, task, eager=True, propagate=False, app=app)
+    # The worker's tracer (not eager): results, states and chord parts go to the backend.
+    tracer = build_tracer(task.name, task, eager=False, propagate=False, app=app)
     ret = tracer(job.id, args, kwargs, request)
     retval, trace = ret.retval, None
     if isinstance(retval, ExceptionInfo):
@@ -176,13 +214,7 @@ def _as_list(value: Any) -> list[Any] | None:
 
 
 def _job_for_call(bridge: CeleryBridge, name: str, args: Any, kwargs: Any, options: dict[str, Any]) -> Job:
-    canvas = {key: options[key] for key in _CANVAS_OPTIONS if options.get(key)}
-    unsupported = sorted(key for key in ("chord", "group_id") if options.get(key))
-    if unsupported:
-        raise EnqueueError(
-            f"{name}: {', '.join(unsupported)} needs a result backend and a real queue; "
-            f"it is not supported in {bridge.current_adapter().kind} mode (use BackgroundQueue)"
-        )
+    canvas = {key: options[key] for key in _CANVAS_OPTIONS if options.get(key) is not None}
     try:
         args_json = json.dumps(list(args or ()))
         kwargs_json = json.dumps(dict(kwargs or {}))

@@ -40,7 +40,7 @@ from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import Job, new_job_id
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.retry import seconds
-from unified_jobs.errors import JobError, WorkerLost
+from unified_jobs.errors import ConfigError, JobError, WorkerLost
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.base import Adapter
@@ -82,6 +82,11 @@ class CeleryBridge:
         )
         self._routes: dict[str, dict[str, str]] = {}
         self._configure()
+        #: Whether the app got the in-memory result backend (a mode without a queue, and none of
+        #: its own), given back by ``release``.
+        self.results_in_memory = config.workers.mode != "BackgroundQueue" and adoption.results_in_memory(
+            self.app
+        )
         setattr(self.app, BRIDGE_ATTRIBUTE, self)
         adoption.route_through_mode(self)
         if self.app.Task.Request == Task.Request:  # keep an adopted app's own request class
@@ -107,6 +112,19 @@ class CeleryBridge:
             "broker_connection_max_retries": None,  # a worker waits for the broker forever, logging
             "task_routes": (self._route, *_as_tuple(conf.task_routes)),
         }
+        keep = self.config.workers.keep_celery_settings
+        if keep and not self.adopted:
+            raise ConfigError(
+                "workers.keep_celery_settings keeps an adopted Celery app's own settings, and this "
+                "Jobs adopted none: pass celery_app=your_app, or remove keep_celery_settings"
+            )
+        for name in keep:
+            del settings[name]
+        if "accept_content" in keep and "json" not in (conf.accept_content or ()):
+            raise ConfigError(
+                f"workers.keep_celery_settings keeps accept_content {list(conf.accept_content or ())}, "
+                "which lacks json: Worker jobs are JSON, so add 'json' to the app's accept_content"
+            )
         if not self.adopted:
             settings["task_default_queue"] = "default"
             settings["worker_hijack_root_logger"] = False
@@ -159,7 +177,14 @@ class CeleryBridge:
         run.__qualname__ = worker_cls.__qualname__
         run.__module__ = worker_cls.__module__
         run.__doc__ = worker_cls.__doc__
-        options: dict[str, Any] = {"max_retries": None}  # the Worker's Retry decides
+        options: dict[str, Any] = {
+            "max_retries": None,  # the Worker's Retry decides
+            # Safe delivery for Workers even where the app keeps its own defaults (keep_celery_settings).
+            "acks_late": True,
+            "reject_on_worker_lost": True,
+            "acks_on_failure_or_timeout": True,
+            "serializer": "json",
+        }
         limit = seconds(worker_cls.time_limit, "time_limit")
         if limit is not None:
             options["time_limit"] = limit + HARD_LIMIT_GRACE
