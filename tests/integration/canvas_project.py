@@ -101,6 +101,16 @@ def make_app(
         _note("quiet", "ran")
         return "not kept"
 
+    @app.task(shared=False, name="canvas.slow", time_limit=1)
+    def slow() -> None:
+        _note("slow", "started")
+        time.sleep(5)
+
+    @app.task(shared=False, name="canvas.die")
+    def die() -> None:
+        _note("die", "started")
+        os._exit(1)
+
     if mode in ("eager", "plain"):
         return app, None
     config: dict[str, Any] = {"workers": {"mode": mode}}
@@ -176,6 +186,25 @@ def _delay_result(app: Celery) -> Any:
     result = app.tasks["canvas.add"].delay(20, 22)
     return [_get(result), result.state, result.successful()]
 
+
+def _time_limit(app: Celery) -> Any:
+    result = app.tasks["canvas.slow"].delay()
+    error = _error(lambda: result.get(timeout=30))
+    return [error.partition(":")[0], result.state]
+
+
+def _worker_lost(app: Celery) -> Any:
+    result = app.tasks["canvas.die"].delay()
+    error = _error(lambda: result.get(timeout=60))
+    return [error.partition(":")[0], result.state]
+
+
+#: Only where tasks run in worker processes: eager mode enforces no time limit, and a task
+#: that ends its process would end the caller's.
+WORKER_SCENARIOS: dict[str, Callable[[Celery], Any]] = {
+    "time_limit": _time_limit,
+    "worker lost": _worker_lost,
+}
 
 SCENARIOS: dict[str, Callable[[Celery], Any]] = {
     "delay": _delay_result,
