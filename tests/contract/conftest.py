@@ -28,8 +28,12 @@ from tests.conftest import (
     REDIS_HOST,
     REDIS_PORT,
     clear_sql_jobs,
+    drop_rabbitmq_vhost,
     flush_redis_db,
+    make_rabbitmq_vhost,
+    purge_rabbitmq_queues,
     redis_url,
+    require_rabbitmq,
     require_service,
     sql_prefix,
 )
@@ -85,6 +89,7 @@ RUNS: dict[str, Runs] = {
     "redis": _QUEUE_WORKER,
     "postgres": _QUEUE_WORKER,
     "sqlite": _QUEUE_WORKER,
+    "rabbitmq": _QUEUE_WORKER,
 }
 
 #: perform_enqueued_jobs stops at 100 jobs by default, a guard against jobs that enqueue
@@ -194,7 +199,19 @@ BACKENDS: dict[str, dict[str, Any]] = {
             "table_prefix": sql_prefix("contract"),
         },
     },
+    "rabbitmq": {
+        "workers": {"mode": "BackgroundQueue"},
+        # the vhost is per session: see the harness
+        "queue": {
+            "kind": "RabbitMQ",
+            "uri": "amqp://guest:guest@127.0.0.1:5672/<session vhost>",
+            "store_uri": redis_url("rabbitmq_contract"),
+        },
+    },
 }
+
+#: The queues the contract app's workers use (RabbitMQ: emptied before each test).
+CONTRACT_QUEUES = ["default", "async", "mail"]
 
 
 class QueueWorkers:
@@ -222,6 +239,10 @@ class QueueWorkers:
             self.running[backend] = (worker, record)
         return self.running[backend][1]
 
+    def stop(self, backend: str) -> None:
+        if backend in self.running:
+            self.running.pop(backend)[0].stop()
+
     def stop_all(self) -> None:
         for worker, _ in self.running.values():
             worker.stop()
@@ -234,12 +255,29 @@ def queue_workers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueueWor
     workers.stop_all()
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_vhost(queue_workers: QueueWorkers) -> Iterator[str]:
+    """A private vhost for the session's RabbitMQ tests; its URI. Deleted (after its worker
+    stopped) at the end."""
+    require_rabbitmq()
+    uri = make_rabbitmq_vhost("contract")
+    yield uri
+    queue_workers.stop("rabbitmq")
+    drop_rabbitmq_vhost(uri)
+
+
 @pytest.fixture(params=list(BACKENDS))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     backend: str = request.param
     config = BACKENDS[backend]
-    if backend in ("redis", "postgres", "sqlite"):
-        if backend == "redis":
+    if backend in ("redis", "postgres", "sqlite", "rabbitmq"):
+        if backend == "rabbitmq":
+            require_service("Redis", REDIS_HOST, REDIS_PORT)  # its job store
+            uri = request.getfixturevalue("rabbitmq_vhost")
+            config = {**config, "queue": {**config["queue"], "uri": uri}}
+            flush_redis_db("rabbitmq_contract")
+            purge_rabbitmq_queues(uri, CONTRACT_QUEUES)
+        elif backend == "redis":
             require_service("Redis", REDIS_HOST, REDIS_PORT)
             flush_redis_db("contract")
         elif backend == "postgres":

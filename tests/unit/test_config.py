@@ -104,9 +104,28 @@ def test_a_wrong_type(tmp_path: Path) -> None:
 def test_a_wrong_kind(tmp_path: Path) -> None:
     write(tmp_path, "development", "workers:\n  mode: BackgroundQueue\nqueue:\n  kind: Kafka\n  uri: x\n")
     with pytest.raises(
-        ConfigError, match=r"queue\.kind: got 'Kafka'; accepted values: 'Redis', 'Postgres' or 'Sqlite'"
+        ConfigError,
+        match=r"queue\.kind: got 'Kafka'; accepted values: 'Redis', 'Postgres', 'Sqlite' or 'RabbitMQ'",
     ):
         load_config(config_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("queue", "message"),
+    [
+        ("kind: RabbitMQ\n  uri: amqp://u:secret@h/", r"queue: queue.kind RabbitMQ needs queue.store_uri"),
+        ("kind: RabbitMQ\n  uri: redis://h/0\n  store_uri: redis://h/1", r"must be amqp://"),
+        ("kind: RabbitMQ\n  uri: amqp://u:secret@h/\n  store_uri: sqlite:///x.db", r"must be a Redis URI"),
+        ("kind: Redis\n  uri: redis://h/0\n  store_uri: redis://h/1", r"for the RabbitMQ kind only"),
+    ],
+)
+def test_rabbitmq_uris_are_checked_and_passwords_not_repeated(
+    tmp_path: Path, queue: str, message: str
+) -> None:
+    write(tmp_path, "development", f"workers:\n  mode: BackgroundQueue\nqueue:\n  {queue}\n")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(config_dir=tmp_path)
+    assert "secret" not in str(info.value)
 
 
 def test_background_queue_needs_a_queue_section(tmp_path: Path) -> None:

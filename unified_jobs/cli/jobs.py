@@ -74,7 +74,7 @@ def _queue_of(jobs: Jobs, command: str) -> QueueConfig:
         raise UnifiedJobsError(
             f"`jobs {command}` manages a queue, but the app runs in mode {mode} (workers.mode in "
             f"config/{env}.yaml), which keeps no queue: its jobs run in-process and are not stored. "
-            "Set workers.mode: BackgroundQueue with a queue: section (Redis, Postgres or Sqlite)"
+            "Set workers.mode: BackgroundQueue with a queue: section (Redis, Postgres, Sqlite or RabbitMQ)"
         )
     return queue
 
@@ -143,8 +143,9 @@ def jobs_group() -> None:
     """Look at and manage the queue's jobs.
 
     Every command works on the Postgres and Sqlite queues, whose jobs table is the job
-    store. On Redis, `list` (queue lengths), `show`, `failed`, `discard` and `retry ID` and
-    `cancel ID` work (every kind has them). Options also read
+    store. On Redis and RabbitMQ, `list` (queue lengths), `purge --status queued --max-age 0`,
+    `show`, `failed`, `discard` and `retry ID` and `cancel ID` work (every kind has them).
+    Options also read
     UNIFIED_JOBS_JOBS_<COMMAND>_<OPTION> (e.g. UNIFIED_JOBS_JOBS_PURGE_MAX_AGE).
     """
 
@@ -180,7 +181,8 @@ def list_jobs(
     """Count the jobs by queue and status; --jobs lists them too.
 
     "delayed" counts the queued jobs whose run_at is still ahead. On Redis: the length of
-    each of the app's queues (all priority levels) and the jobs workers have reserved.
+    each of the app's queues (all priority levels) and the jobs workers have reserved. On
+    RabbitMQ: the same, and the jobs waiting in the delay queues (of the whole vhost).
     """
     queue = _queue_of(obj.jobs(), "list")
     if _kind(obj.jobs()).job_table() is None:

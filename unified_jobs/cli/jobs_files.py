@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING
 import click
 
 from unified_jobs.cli import Context
-from unified_jobs.cli.jobs import _plural, _progress, _store, jobs_group, status_option
+from unified_jobs.cli.jobs import (
+    _kind,
+    _plural,
+    _progress,
+    _queue_of,
+    _store,
+    _where,
+    jobs_group,
+    status_option,
+)
 from unified_jobs.errors import UnifiedJobsError
 
 if TYPE_CHECKING:
@@ -39,10 +48,18 @@ __all__ = ["dump", "import_", "purge"]
 )
 @click.pass_obj
 def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) -> None:
-    """Delete old jobs: with these statuses, last updated more than --max-age days ago."""
+    """Delete old jobs: with these statuses, last updated more than --max-age days ago.
+
+    On the Redis and RabbitMQ queues, which keep messages and no job table, `--status queued
+    --max-age 0` deletes the messages waiting in the app's queues and says how many each had.
+    """
     from unified_jobs.adapters.sql.store import utcnow
     from unified_jobs.adapters.sql.store_dump import purge_jobs
 
+    _queue_of(obj.jobs(), "purge")  # a clear error outside BackgroundQueue
+    if _kind(obj.jobs()).job_table() is None:
+        _purge_messages(obj, max_age, status, dump)
+        return
     store = _store(obj, "purge")
     cutoff = utcnow() - timedelta(days=max_age)
     total = store.count_matching(status, None, cutoff)
@@ -53,6 +70,22 @@ def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) ->
         click.echo(f"dumped {_plural(result.dumped)} to {result.dump_file}")
     deleted = result.deleted
     click.echo(f"deleted {_plural(deleted)} ({', '.join(status)}) last updated {max_age:g} days ago or more")
+
+
+def _purge_messages(obj: Context, max_age: float, status: list[str], dump: Path | None) -> None:
+    jobs = obj.jobs()
+    queue = _queue_of(jobs, "purge")
+    if status != ["queued"] or max_age != 0 or dump is not None:
+        raise UnifiedJobsError(
+            f"on {queue.kind} `jobs purge` deletes queued jobs only, all of them: run `jobs purge "
+            f"--status queued --max-age 0`. The {queue.kind} queue keeps messages, not job rows "
+            "(--dump and the other statuses need a Postgres or Sqlite queue); finished jobs are in "
+            "the job store, where completed and cancelled ones expire after workers.keep_completed "
+            "and failed ones stay until `jobs discard`"
+        )
+    purged = _kind(jobs).purge_queues(jobs.celery, jobs.celery_bridge().worker_queues())
+    counts = ", ".join(f"{name}: {n}" for name, n in purged.items())
+    click.echo(f"deleted {_plural(sum(purged.values()))} (queued) from the {_where(queue)} ({counts})")
 
 
 @jobs_group.command()

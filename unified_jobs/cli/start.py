@@ -155,9 +155,9 @@ def _worker_concurrency(jobs: Jobs, concurrency: int | None) -> int:
 def _flush_if_asked(jobs: Jobs, queues: list[str]) -> None:
     assert jobs.config.queue is not None
     if jobs.config.queue.dangerously_flush:
-        from unified_jobs.adapters.celery.app import flush_queues
-
-        flushed = flush_queues(jobs.celery, queues)
+        kind = jobs.celery_bridge().kind
+        assert kind is not None
+        flushed = sum(kind.purge_queues(jobs.celery, queues).values())
         click.echo(f"dangerously_flush: deleted {flushed} queued job(s) from {', '.join(queues)}", err=True)
 
 

@@ -130,7 +130,7 @@ class CeleryBridge:
             settings["worker_hijack_root_logger"] = False
         if self.config.workers.mode == "BackgroundQueue" and self.kind is not None:
             broker = self.kind.broker_settings()
-            settings["broker_url"] = broker["broker_url"]
+            settings.update(broker)  # broker_url, and any other setting the kind needs
             settings["broker_transport_options"] = {
                 **(conf.broker_transport_options or {}),
                 **broker["broker_transport_options"],

@@ -22,6 +22,7 @@ KINDS: dict[str, str] = {
     "Redis": "unified_jobs.adapters.celery.kinds.redis:RedisKind",
     "Postgres": "unified_jobs.adapters.celery.kinds.sql:SqlKind",
     "Sqlite": "unified_jobs.adapters.celery.kinds.sql:SqlKind",
+    "RabbitMQ": "unified_jobs.adapters.celery.kinds.rabbitmq:RabbitMQKind",
 }
 
 
@@ -38,7 +39,8 @@ class QueueKind(ABC):
 
     @abstractmethod
     def broker_settings(self) -> dict[str, Any]:
-        """``broker_url`` and ``broker_transport_options`` for Celery."""
+        """``broker_url`` and ``broker_transport_options`` for Celery, and any other Celery
+        setting the kind needs (e.g. ``task_queue_max_priority``)."""
 
     def publish_priority(self, priority: int) -> int:
         """Our priority (0-9, higher first) as the broker's message priority."""
@@ -72,6 +74,13 @@ class QueueKind(ABC):
     def queue_lengths(self, app: Any, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
         """For a kind without a job table: (queued, reserved by a worker) per queue name."""
         raise NotImplementedError(f"{type(self).__name__} has a job table; count its rows")
+
+    def purge_queues(self, app: Any, names: list[str]) -> dict[str, int]:
+        """Delete the jobs waiting in these queues (``dangerously_flush``; ``jobs purge`` on a
+        kind without a job table); how many per queue."""
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            return {name: int(channel.queue_purge(name) or 0) for name in names}
 
 
 def kind_for(queue: QueueConfig, workers: WorkersConfig) -> QueueKind:
