@@ -47,6 +47,7 @@ REDIS_DBS = {
     # an adopted app's broker and result backend in the modes without a queue
     "canvas_broker": 4,
     "canvas_results": 5,
+    "canvas_store": 3,
     # the job stores of the RabbitMQ kind (queue.store_uri)
     "rabbitmq": 6,
     "rabbitmq_contract": 7,
