@@ -182,6 +182,10 @@ def _ignore_result(app: Celery) -> Any:
     return result.state
 
 
+def _countdown(app: Celery) -> Any:
+    return _get(app.tasks["canvas.add"].apply_async((5, 5), countdown=1))
+
+
 def _delay_result(app: Celery) -> Any:
     result = app.tasks["canvas.add"].delay(20, 22)
     return [_get(result), result.state, result.successful()]
@@ -217,4 +221,5 @@ SCENARIOS: dict[str, Callable[[Celery], Any]] = {
     "update_state": _progress,
     "autoretry_for": _autoretry,
     "ignore_result": _ignore_result,
+    "countdown": _countdown,
 }
