@@ -26,8 +26,11 @@ from tests.conftest import (
     REDIS_HOST,
     REDIS_PORT,
     clear_sql_jobs,
+    drop_rabbitmq_vhost,
     flush_redis_db,
+    make_rabbitmq_vhost,
     redis_url,
+    require_rabbitmq,
     require_service,
     sql_prefix,
 )
@@ -261,17 +264,37 @@ def _kind_config(kind: str, tmp_path: Path) -> dict[str, Any]:
             "workers": {"mode": "BackgroundQueue"},
             "queue": {"kind": "Postgres", "uri": PG_URL, "table_prefix": prefix},
         }
+    if kind == "rabbitmq":
+        require_rabbitmq()
+        flush_redis_db("dropin")  # its job store
+        uri = make_rabbitmq_vhost("dropin")
+        return {
+            "workers": {"mode": "BackgroundQueue"},
+            "queue": {"kind": "RabbitMQ", "uri": uri, "store_uri": redis_url("dropin")},
+        }
     return {
         "workers": {"mode": "BackgroundQueue"},
         "queue": {"kind": "Sqlite", "uri": f"sqlite:///{tmp_path / 'dropin.db'}"},
     }
 
 
-@pytest.mark.parametrize("kind", ["redis", "postgres", "sqlite"])
+@pytest.fixture
+def kind_config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    config = _kind_config(request.param, tmp_path)
+    yield config
+    if request.param == "rabbitmq":
+        drop_rabbitmq_vhost(config["queue"]["uri"])
+
+
+KINDS = ["redis", "postgres", "sqlite", "rabbitmq"]
+
+
+@pytest.mark.parametrize("kind_config", KINDS, indirect=True, ids=KINDS)
 def test_a_stock_celery_worker_runs_jobs_from_perform_later(
-    monkeypatch: pytest.MonkeyPatch, record: Path, tmp_path: Path, kind: str
+    monkeypatch: pytest.MonkeyPatch, record: Path, tmp_path: Path, kind_config: dict[str, Any]
 ) -> None:
-    config = _kind_config(kind, tmp_path)
+    config = kind_config
+    kind = config["queue"]["kind"]
     legacy = load_legacy(monkeypatch, record, config)
     env = {"UJ_LEGACY_CONFIG": json.dumps(config), "UJ_LEGACY_RECORD": str(record)}
     worker = WorkerProcess(
@@ -294,7 +317,7 @@ def test_a_stock_celery_worker_runs_jobs_from_perform_later(
         legacy.with_base.delay(7)  # a plain task, on the app's default queue
         assert wait_until(lambda: len(read_records(record)) >= 3, timeout=30), worker.output()[-3000:]
         assert {r["task"] for r in read_records(record)} == {"greet", "report", "with_base"}
-        if kind == "redis":  # remote control needs a fanout exchange, which the SQL kinds lack
+        if kind in ("Redis", "RabbitMQ"):  # remote control needs fanout, which the SQL kinds lack
             out = subprocess.run(
                 [str(BIN / "celery"), "-A", "tests.integration.legacy_celery_app", "inspect", "registered"],
                 env={**os.environ, **env, "PYTHONPATH": str(Path(__file__).parents[2])},
