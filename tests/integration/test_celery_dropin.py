@@ -218,6 +218,25 @@ def test_an_adopted_app_can_keep_its_own_delivery_settings() -> None:
         jobs.shutdown()
 
 
+def test_the_sql_kinds_tune_worker_lost_wait_unless_the_app_set_its_own(tmp_path: Path) -> None:
+    from celery import Celery
+
+    from unified_jobs import Config, Jobs
+
+    config = Config.from_dict(
+        {
+            "workers": {"mode": "BackgroundQueue"},
+            "queue": {"kind": "Sqlite", "uri": f"sqlite:///{tmp_path / 'tune.db'}"},
+        }
+    )
+    default, own = Celery("tuned"), Celery("own")
+    own.conf.worker_lost_wait = 5.0
+    for app in (default, own):
+        Jobs(config, celery_app=app).shutdown()
+    assert default.conf.worker_lost_wait == 1.0  # a dead pool process is noticed in ~1 s, not 10
+    assert own.conf.worker_lost_wait == 5.0
+
+
 def test_keeping_celery_settings_is_checked() -> None:
     from celery import Celery
 

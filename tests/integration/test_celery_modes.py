@@ -51,15 +51,13 @@ DIFFERENCES: dict[tuple[str, str], Any] = {
 Outcomes = dict[str, tuple[Any, list[tuple[str, Any]]]]
 
 
-def run_scenarios(app: Celery, settle: bool = False, skip: tuple[str, ...] = ()) -> Outcomes:
+def run_scenarios(app: Celery, settle: bool = False) -> Outcomes:
     """Each scenario's outcome and the calls it made (``settle``: tasks run in worker processes;
     give callbacks that run after ``.get()`` returned a moment to run too, and run the
     scenarios that need a worker process too)."""
     outcomes: Outcomes = {}
     scenarios = {**canvas_project.SCENARIOS, **(canvas_project.WORKER_SCENARIOS if settle else {})}
     for name, scenario in scenarios.items():
-        if name in skip:
-            continue
         canvas_project.clear_calls()
         outcome = scenario(app)
         if settle:
@@ -220,7 +218,6 @@ def _with_worker(
     worker_argv: list[str] | None,
     tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
-    skip: tuple[str, ...] = (),
 ) -> Outcomes:
     """Run the scenarios from this process against a real worker process on the same setup."""
     calls_file = tmp / "calls.jsonl"
@@ -237,7 +234,7 @@ def _with_worker(
         worker = WorkerProcess(worker_argv, env, tmp / "worker.log")
     try:
         worker.wait_for_output("ready.", timeout=60)
-        return run_scenarios(app, settle=True, skip=skip)
+        return run_scenarios(app, settle=True)
     finally:
         worker.stop()
         if jobs is not None:
@@ -295,13 +292,8 @@ def test_each_scenario_on_a_queue_matches_plain_celery_with_a_worker(
         "backend": redis_url("canvas_results"),
         "queue": _queue_section(kind, tmp_path),
     }
-    # A task ending its process is redelivered by the same JobRequest on every kind; on the SQL
-    # kinds each redelivery waits for Celery's WorkerLostError (worker_lost_wait, 10 s), so that
-    # scenario runs on Redis and RabbitMQ only here (the contract suite's max_deliveries test
-    # covers every kind).
-    skip = () if kind in ("redis", "rabbitmq") else ("worker lost",)
     try:
-        ours = _with_worker(setup, None, tmp_path, monkeypatch, skip=skip)
+        ours = _with_worker(setup, None, tmp_path, monkeypatch)
     finally:
         if kind == "rabbitmq":
             drop_rabbitmq_vhost(setup["queue"]["uri"])
@@ -313,6 +305,6 @@ def test_each_scenario_on_a_queue_matches_plain_celery_with_a_worker(
     assert plain_worker["ignore_result"] == ("PENDING", [("quiet", "ran")])
     assert plain_worker["time_limit"] == (["TimeLimitExceeded", "FAILURE"], [("slow", "started")])
     assert plain_worker["worker lost"] == (["WorkerLostError", "FAILURE"], [("die", "started")])
-    for name in plain_worker.keys() - set(skip):
+    for name in plain_worker:
         want = QUEUE_DIFFERENCES.get(name, plain_worker[name])
         assert ours[name] == want, f"{kind} {name}: {ours[name]!r}, plain Celery {plain_worker[name]!r}"

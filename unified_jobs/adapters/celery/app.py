@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
 from celery.app.task import Task
 from celery.exceptions import Reject
 from pydantic import ValidationError
@@ -135,6 +136,9 @@ class CeleryBridge:
                 **(conf.broker_transport_options or {}),
                 **broker["broker_transport_options"],
             }
+            for key, value in self.kind.worker_defaults().items():
+                if conf.get(key) == CELERY_DEFAULTS.get(key):  # an app's own value wins
+                    settings[key] = value
         conf.update(settings)
 
     def _route(self, name: str, *args: Any, **kwargs: Any) -> dict[str, str] | None:

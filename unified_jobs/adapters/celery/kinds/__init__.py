@@ -42,6 +42,10 @@ class QueueKind(ABC):
         """``broker_url`` and ``broker_transport_options`` for Celery, and any other Celery
         setting the kind needs (e.g. ``task_queue_max_priority``)."""
 
+    def worker_defaults(self) -> dict[str, Any]:
+        """Celery settings the kind tunes, where the app still has Celery's default value."""
+        return {}
+
     def publish_priority(self, priority: int) -> int:
         """Our priority (0-9, higher first) as the broker's message priority."""
         return priority

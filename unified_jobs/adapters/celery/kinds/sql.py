@@ -154,6 +154,13 @@ class SqlKind(QueueKind):
             ),
         }
 
+    def worker_defaults(self) -> dict[str, Any]:
+        # The SQL transport has no event loop hook, so Celery's pool notices a dead process on
+        # its own supervisor thread, which waits worker_lost_wait (10 s) for a result that the
+        # process might still have sent; on a local pipe 1 s is plenty. A job whose process
+        # died then runs again within about a second, as on Redis, instead of 10 s.
+        return {"worker_lost_wait": 1.0}
+
     def make_store(self) -> JobStore:
         return SqlJobStore(self.queue.uri, self.queue.table_prefix)
 
