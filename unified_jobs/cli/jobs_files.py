@@ -24,6 +24,7 @@ from unified_jobs.errors import UnifiedJobsError
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.sql.store import Progress
+    from unified_jobs.config import QueueConfig
 
 __all__ = ["dump", "import_", "purge"]
 
@@ -56,9 +57,9 @@ def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) ->
     from unified_jobs.adapters.sql.store import utcnow
     from unified_jobs.adapters.sql.store_dump import purge_jobs
 
-    _queue_of(obj.jobs(), "purge")  # a clear error outside BackgroundQueue
+    queue = _queue_of(obj.jobs(), "purge")  # a clear error outside BackgroundQueue
     if _kind(obj.jobs()).job_table() is None:
-        _purge_messages(obj, max_age, status, dump)
+        _purge_messages(obj, queue, max_age, status, dump)
         return
     store = _store(obj, "purge")
     cutoff = utcnow() - timedelta(days=max_age)
@@ -72,9 +73,10 @@ def purge(obj: Context, max_age: float, status: list[str], dump: Path | None) ->
     click.echo(f"deleted {_plural(deleted)} ({', '.join(status)}) last updated {max_age:g} days ago or more")
 
 
-def _purge_messages(obj: Context, max_age: float, status: list[str], dump: Path | None) -> None:
+def _purge_messages(
+    obj: Context, queue: QueueConfig, max_age: float, status: list[str], dump: Path | None
+) -> None:
     jobs = obj.jobs()
-    queue = _queue_of(jobs, "purge")
     if status != ["queued"] or max_age != 0 or dump is not None:
         raise UnifiedJobsError(
             f"on {queue.kind} `jobs purge` deletes queued jobs only, all of them: run `jobs purge "

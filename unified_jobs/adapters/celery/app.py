@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from unified_jobs.adapters.base import Adapter
     from unified_jobs.worker import Worker
 
-__all__ = ["CeleryBridge", "flush_queues"]
+__all__ = ["CeleryBridge"]
 
 logger = logging.getLogger(__name__)
 
@@ -316,13 +316,3 @@ def _as_tuple(routes: Any) -> tuple[Any, ...]:
     if isinstance(routes, (list, tuple)):
         return tuple(routes)
     return (routes,)
-
-
-def flush_queues(app: Celery, queues: list[str]) -> int:
-    """Delete the queued jobs of these queues only (never FLUSHDB); returns how many."""
-    total = 0
-    with app.connection_for_write() as conn:
-        channel = conn.default_channel
-        for queue in queues:
-            total += channel.queue_purge(queue) or 0
-    return total
