@@ -33,6 +33,7 @@ from tests.conftest import (
 )
 from tests.contract.contract_app import Echo, Mail, Sleep, SlowRetry, create_app
 from tests.procs import BIN, ROOT, WorkerProcess, read_records, unified_jobs_worker, wait_until
+from unified_jobs import Jobs
 from unified_jobs.adapters.celery.kinds.rabbitmq import DELAY_PREFIX, DELAYED_ROW
 from unified_jobs.errors import EnqueueError
 
@@ -69,6 +70,18 @@ def setup(vhost: str, tmp_path: Path) -> tuple[str, Path, dict[str, str]]:
     return vhost, record, {"UJ_CONTRACT_RECORD": str(record), "UJ_CONTRACT_CONFIG": json.dumps(config(vhost))}
 
 
+App = tuple[str, Path, dict[str, str], Jobs]
+
+
+@pytest.fixture
+def app(setup: tuple[str, Path, dict[str, str]]) -> Iterator[App]:
+    """``setup`` and the contract app on it (as the producer), shut down after the test."""
+    uri, record, env = setup
+    jobs = create_app(config(uri), str(record))
+    yield uri, record, env, jobs
+    jobs.shutdown()
+
+
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Any]:
     started: list[WorkerProcess] = []
@@ -99,22 +112,19 @@ def unacked(uri: str) -> int:
     return sum(n for _, n in rabbitmq_counts(uri).values())
 
 
-def test_higher_priority_runs_first(setup: tuple[str, Path, dict[str, str]], workers: Any) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_higher_priority_runs_first(app: App, workers: Any) -> None:
+    _uri, record, env, _jobs = app
     for n, priority in [(1, None), (2, 9), (3, 5), (4, 0), (5, 9)]:
         Echo.perform_later({"n": n}, priority=priority)
     worker = workers(env, "--concurrency", "1", *ONE_AT_A_TIME)
     assert wait_until(lambda: len(read_records(record)) >= 5, timeout=30), worker.output()[-2000:]
     assert [r["args"]["n"] for r in read_records(record)] == [2, 5, 3, 1, 4]  # no priority = 0
-    jobs.shutdown()
 
 
 def test_a_job_due_in_an_hour_waits_in_the_broker_and_a_short_delay_runs_on_time(
-    setup: tuple[str, Path, dict[str, str]], workers: Any
+    app: App, workers: Any
 ) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+    uri, record, env, jobs = app
     worker = workers(env, "--concurrency", "2", *FAST)
     worker.wait_for_output("ready.")
     hour = Echo.perform_later({"n": 1}, wait=timedelta(hours=1))
@@ -137,14 +147,10 @@ def test_a_job_due_in_an_hour_waits_in_the_broker_and_a_short_delay_runs_on_time
     assert sum(ready for name, (ready, _) in counts.items() if name.startswith(DELAY_PREFIX)) == 1
     assert jobs.status(hour) == "scheduled"
     assert [r["job"] for r in read_records(record)] == [soon.id]
-    jobs.shutdown()
 
 
-def test_a_delayed_job_retried_with_a_backoff_waits_in_the_broker_again(
-    setup: tuple[str, Path, dict[str, str]], workers: Any
-) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_a_delayed_job_retried_with_a_backoff_waits_in_the_broker_again(app: App, workers: Any) -> None:
+    _uri, record, env, jobs = app
     worker = workers(env, "--concurrency", "1", *FAST)
     worker.wait_for_output("ready.")
     handle = SlowRetry.perform_later({"fail_times": 1}, wait=timedelta(seconds=4))  # retry: 3 s later
@@ -155,12 +161,10 @@ def test_a_delayed_job_retried_with_a_backoff_waits_in_the_broker_again(
     assert second - first >= 3.0 - 0.05
     info = jobs.job(handle)
     assert info is not None and info.attempts == 2
-    jobs.shutdown()
 
 
-def test_sigkilled_worker_loses_no_job(setup: tuple[str, Path, dict[str, str]], workers: Any) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_sigkilled_worker_loses_no_job(app: App, workers: Any) -> None:
+    uri, record, env, jobs = app
     ids = [Sleep.perform_later({"n": i, "seconds": 2}).id for i in range(20)]
     first = workers(env, "--concurrency", "2", *ONE_AT_A_TIME)
 
@@ -175,14 +179,10 @@ def test_sigkilled_worker_loses_no_job(setup: tuple[str, Path, dict[str, str]], 
     second = workers(env, "--concurrency", "4", *FAST, name="second")
     assert wait_until(lambda: ended() >= set(ids), timeout=120), second.output()[-3000:]
     assert {jobs.status(i) for i in ids} == {"completed"}
-    jobs.shutdown()
 
 
-def test_jobs_list_counts_messages_and_purge_empties_the_queues(
-    setup: tuple[str, Path, dict[str, str]], workers: Any
-) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_jobs_list_counts_messages_and_purge_empties_the_queues(app: App, workers: Any) -> None:
+    _uri, record, env, jobs = app
     for n in range(3):
         Echo.perform_later({"n": n})
     Mail.perform_later({"n": 9})
@@ -226,7 +226,6 @@ def test_jobs_list_counts_messages_and_purge_empties_the_queues(
     assert wait_until(started, timeout=30), worker.output()[-2000:]
     assert counts()["default"] == {"queued": 0, "reserved": 1}
     assert wait_until(lambda: jobs.status(long) == "completed", timeout=30)
-    jobs.shutdown()
 
 
 def test_doctor_passes_and_fails_with_the_reason(setup: tuple[str, Path, dict[str, str]]) -> None:
@@ -257,11 +256,8 @@ def test_rabbitmq_down_at_enqueue_is_a_clear_error_with_the_password_masked(tmp_
     jobs.shutdown()
 
 
-def test_dangerously_flush_empties_only_this_apps_queues(
-    setup: tuple[str, Path, dict[str, str]], workers: Any
-) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_dangerously_flush_empties_only_this_apps_queues(app: App, workers: Any) -> None:
+    uri, record, env, _jobs = app
     for i in range(5):
         Echo.perform_later({"n": i})
     with Connection(uri) as conn:  # another app's queue in the same vhost
@@ -275,14 +271,10 @@ def test_dangerously_flush_empties_only_this_apps_queues(
     time.sleep(0.3)
     assert [r["args"]["n"] for r in read_records(record)] == [100]
     assert rabbitmq_counts(uri)["another-apps-queue"] == (1, 0)
-    jobs.shutdown()
 
 
-def test_a_delayed_batch_is_one_transaction_and_runs_when_due(
-    setup: tuple[str, Path, dict[str, str]], workers: Any
-) -> None:
-    uri, record, env = setup
-    jobs = create_app(config(uri), str(record))
+def test_a_delayed_batch_is_one_transaction_and_runs_when_due(app: App, workers: Any) -> None:
+    uri, record, env, _jobs = app
     worker = workers(env, "--concurrency", "2", *FAST)
     worker.wait_for_output("ready.")
     handles = Echo.perform_all_later([{"n": n} for n in range(20)], wait=timedelta(seconds=3))
@@ -292,4 +284,3 @@ def test_a_delayed_batch_is_one_transaction_and_runs_when_due(
     due = min(h.run_at.timestamp() for h in handles if h.run_at is not None)
     assert min(r["at"] for r in read_records(record)) >= due - 0.05
     assert sorted(r["args"]["n"] for r in read_records(record)) == list(range(20))
-    jobs.shutdown()
