@@ -23,9 +23,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,21 +34,12 @@ from pydantic import BaseModel
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import queue_harness as harness  # noqa: E402
+from bench.queue_harness import note  # noqa: E402
 from unified_jobs import Config, Jobs, Worker  # noqa: E402
 
 BROKER = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 STORE = os.environ.get("BENCH_STORE_URL", "redis://127.0.0.1:6379/4")
-STATS = redis.Redis.from_url(os.environ.get("BENCH_STATS_URL", "redis://127.0.0.1:6379/8"))
-
-
-def note(sent: float) -> None:
-    now = time.time()
-    pipe = STATS.pipeline(transaction=False)
-    pipe.incr("done")
-    pipe.setnx("first", now)
-    pipe.set("last", now)
-    pipe.rpush("latency", now - sent)
-    pipe.execute()
 
 
 # -- plain Celery ------------------------------------------------------------------------------
@@ -105,26 +93,10 @@ unconfirmed = Jobs(
 unconfirmed.register(UnconfirmedNoop)
 
 # -- the benchmark -----------------------------------------------------------------------------
-BIN = Path(sys.executable).parent
-MODULE = "bench.bench_rabbitmq_queue"
-SIDES = {
-    "celery": [str(BIN / "celery"), "-A", f"{MODULE}:plain", "worker", "-Q", "bench-plain"],
-    "unified_jobs": [
-        str(BIN / "unified-jobs"),
-        "--app",
-        f"{MODULE}:jobs",
-        "start",
-        "--worker",
-        "-q",
-        "bench-uj",
-    ],
-}
-COMMON = ["--concurrency", "2", "--loglevel", "WARNING"]
-CELERY_OPTS = ["--without-mingle", "--without-gossip", "--without-heartbeat"]
 
 
 def reset() -> None:
-    STATS.flushdb()
+    harness.STATS.flushdb()
     redis.Redis.from_url(STORE).flushdb()
     with plain.connection_for_write() as conn:
         for queue in ("bench-plain", "bench-uj"):
@@ -161,62 +133,6 @@ def enqueue_bulk(side: str, n: int, chunk: int = 1000) -> float:
     return n / (time.perf_counter() - start)
 
 
-def start_worker(side: str) -> subprocess.Popen[bytes]:
-    argv = SIDES[side] + COMMON + (CELERY_OPTS if side == "celery" else ["--", *CELERY_OPTS])
-    return subprocess.Popen(
-        argv,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_done(n: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while int(STATS.get("done") or 0) < n:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {STATS.get('done')} of {n} jobs ran in {timeout}s")
-        time.sleep(0.02)
-
-
-def drain(side: str, n: int) -> float:
-    reset()
-    enqueue(side, n)
-    proc = start_worker(side)
-    try:
-        wait_done(n)
-    finally:
-        stop(proc)
-    first, last = float(STATS.get("first") or 0), float(STATS.get("last") or 0)
-    return n / (last - first)
-
-
-def latency(side: str, n: int) -> tuple[float, float]:
-    reset()
-    proc = start_worker(side)
-    try:
-        time.sleep(4)  # let it connect and go idle
-        for _ in range(n):
-            enqueue(side, 1)
-            time.sleep(0.01)
-        wait_done(n)
-    finally:
-        stop(proc)
-    samples = sorted(float(x) * 1000 for x in STATS.lrange("latency", 0, -1))
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -224,25 +140,12 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=5000)
     parser.add_argument("--latency-jobs", type=int, default=300)
     opts = parser.parse_args()
-    results: dict[str, dict[str, float]] = {}
-    for side in SIDES:
-        reset()
-        r = results[side] = {}
-        r["enqueue jobs/s"] = enqueue(side, opts.jobs)
-        reset()
-        r["bulk enqueue jobs/s (1000/call)"] = enqueue_bulk(side, opts.jobs)
-        r["drain jobs/s (prefork c=2)"] = drain(side, opts.jobs)
-        r["latency p50 ms"], r["latency p99 ms"] = latency(side, opts.latency_jobs)
-    reset()
+    workers = harness.sides("bench.bench_rabbitmq_queue")
+    results = harness.measure(workers, reset, enqueue, enqueue_bulk, opts.jobs, opts.latency_jobs)
     unconfirmed_rate = enqueue("unconfirmed", opts.jobs)
     reset()
-    print(f"\nRabbitMQ, {opts.jobs} no-op jobs; latency over {opts.latency_jobs} jobs sent 10 ms apart")
-    print(f"{'figure':32} {'celery':>10} {'unified_jobs':>13} {'ratio':>7}")
-    for figure in results["celery"]:
-        c, u = results["celery"][figure], results["unified_jobs"][figure]
-        print(f"{figure:32} {c:10.1f} {u:13.1f} {u / c:7.2f}")
-    c, u = results["celery"]["enqueue jobs/s"], unconfirmed_rate
-    print(f"{'enqueue, confirm_publish: false':32} {c:10.1f} {u:13.1f} {u / c:7.2f}")
+    title = f"RabbitMQ, {opts.jobs} no-op jobs; latency over {opts.latency_jobs} jobs sent 10 ms apart"
+    harness.print_table(title, results, {"enqueue, confirm_publish: false": unconfirmed_rate})
 
 
 if __name__ == "__main__":

@@ -7,26 +7,14 @@ library's own overhead.
 from __future__ import annotations
 
 import os
-import time
 
-import redis
 from celery import Celery
 from pydantic import BaseModel
 
+from bench.queue_harness import note
 from unified_jobs import Config, Jobs, Worker
 
 BROKER = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/9")
-STATS = redis.Redis.from_url(os.environ.get("BENCH_STATS_URL", "redis://127.0.0.1:6379/8"))
-
-
-def note(sent: float) -> None:
-    now = time.time()
-    pipe = STATS.pipeline(transaction=False)
-    pipe.incr("done")
-    pipe.setnx("first", now)
-    pipe.set("last", now)
-    pipe.rpush("latency", now - sent)
-    pipe.execute()
 
 
 # -- plain Celery ------------------------------------------------------------------------------
