@@ -51,7 +51,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_TABLE_PREFIX = "unified_jobs_"
 
 QUEUED = "queued"
@@ -77,6 +77,8 @@ class Tables:
     #: Cancel requests for running jobs, by task id (``jobs.cancel`` from any process; the
     #: worker running the job polls it).
     cancels: Table
+    #: Recurring jobs: the last tick each schedule enqueued (``unified_jobs.scheduler``).
+    schedules: Table
 
     @property
     def notify_channel(self) -> str:
@@ -116,6 +118,10 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("created_at", DateTime(timezone=True), nullable=False),
         Column("updated_at", DateTime(timezone=True), nullable=False),
         Column("last_error", Text, nullable=True),
+        # Unique jobs: while a row with a key is queued or processing, no other row may hold
+        # it (the partial unique index below); past ``unique_until`` an enqueue may take it over.
+        Column("unique_key", String(255), nullable=True),
+        Column("unique_until", DateTime(timezone=True), nullable=True),
         CheckConstraint(f"status IN ({statuses})", name=f"{prefix}jobs_status_check"),
     )
     queued = jobs.c.status == QUEUED
@@ -138,6 +144,14 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         sqlite_where=processing,
     )
     Index(f"{prefix}jobs_task_id_idx", jobs.c.task_id)
+    holds_key = jobs.c.unique_key.isnot(None) & jobs.c.status.in_([QUEUED, PROCESSING])
+    Index(
+        f"{prefix}jobs_unique_idx",
+        jobs.c.unique_key,
+        unique=True,
+        postgresql_where=holds_key,
+        sqlite_where=holds_key,
+    )
     version = Table(
         f"{prefix}schema_version",
         md,
@@ -150,7 +164,19 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("task_id", String(255), primary_key=True),
         Column("requested_at", DateTime(timezone=True), nullable=False),
     )
-    return Tables(prefix=prefix, metadata=md, jobs=jobs, version=version, cancels=cancels)
+    schedules = Table(
+        f"{prefix}schedules",
+        md,
+        Column("name", String(255), primary_key=True),
+        # The newest tick of the schedule that was enqueued, and by which scheduler.
+        Column("last_tick", DateTime(timezone=True), nullable=True),
+        Column("last_by", String(255), nullable=True),
+        Column("last_job_id", String(255), nullable=True),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    return Tables(
+        prefix=prefix, metadata=md, jobs=jobs, version=version, cancels=cancels, schedules=schedules
+    )
 
 
 # --- Postgres extras -----------------------------------------------------------------------
@@ -181,6 +207,7 @@ def _pg_drop_ddl(t: Tables) -> list[str]:
         f"DROP TABLE IF EXISTS {t.jobs.name}",
         f"DROP TABLE IF EXISTS {t.version.name}",
         f"DROP TABLE IF EXISTS {t.cancels.name}",
+        f"DROP TABLE IF EXISTS {t.schedules.name}",
         f"DROP FUNCTION IF EXISTS {t.prefix}jobs_notify()",
     ]
 
@@ -204,7 +231,22 @@ def _v2(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, tables=[t.cancels], checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2}
+def _v3(conn: Connection, t: Tables) -> None:
+    """Unique jobs (a key column, its expiry, a partial unique index) and recurring jobs'
+    schedules."""
+    have = {column["name"] for column in inspect(conn).get_columns(t.jobs.name)}
+    for name in ("unique_key", "unique_until"):
+        if name not in have:  # a table made by step 1 of this version has them already
+            column = t.jobs.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {t.jobs.name} ADD COLUMN {name} {kind}")
+    for index in t.jobs.indexes:
+        if index.name == f"{t.prefix}jobs_unique_idx":
+            index.create(conn, checkfirst=True)
+    t.metadata.create_all(conn, tables=[t.schedules], checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2, 3: _v3}
 
 _done: set[tuple[str, str]] = set()
 _done_lock = threading.Lock()
