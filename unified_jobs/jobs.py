@@ -3,10 +3,12 @@ each enqueued job to the adapter the config's mode picks."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import datetime, timedelta, tzinfo
 from types import MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -17,6 +19,9 @@ from unified_jobs.adapters.base import Adapter
 from unified_jobs.config import Config, load_config
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import Job, JobHandle, JobInfo, JobStatus, new_job_id, utcnow
+from unified_jobs.core.retry import seconds
+from unified_jobs.core.unique import unique_key as make_unique_key
+from unified_jobs.core.unique import unique_seconds
 from unified_jobs.errors import (
     DuplicateWorkerError,
     InvalidOptionError,
@@ -127,6 +132,8 @@ class Jobs:
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        unique_key: str | None = None,
+        transaction: Any = None,
     ) -> JobHandle:
         """Enqueue a job of ``worker_cls`` with ``args`` (a model instance or a dict).
 
@@ -134,10 +141,22 @@ class Jobs:
         enqueued) and serialized to JSON in every mode. ``wait`` (a timedelta) or ``run_at``
         (an aware datetime) delay the job; ``queue`` overrides the worker's queue; ``priority``
         is 0-9, higher first.
+
+        ``unique_key`` (or the worker's ``unique_for``) makes the job unique: while a job of
+        this worker with the same key waits or runs, this returns that job's handle and
+        enqueues nothing. ``transaction`` (a SQLAlchemy ``Connection`` or ``Session`` in a
+        transaction): the job exists if and only if that transaction commits; see
+        docs/guides/transactional-enqueue.md.
         """
-        job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
-        self._adapter.enqueue(job)
-        return job.handle()
+        job = self._build_job(worker_cls, args, wait, run_at, queue, priority, unique_key)
+        if transaction is not None:
+            refused = self._adapter.enqueue_in_transaction(transaction, [job])
+        elif job.unique_key is not None:
+            refused = self._adapter.enqueue_unique([job])
+        else:
+            self._adapter.enqueue(job)
+            return job.handle()
+        return self._holder_handle(refused[job.id], job) if refused else job.handle()
 
     async def aperform_later(
         self,
@@ -148,11 +167,15 @@ class Jobs:
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        unique_key: str | None = None,
     ) -> JobHandle:
         """``perform_later`` for async code: the same checks; the enqueue does not block the
         event loop (in ForegroundBlocking mode the job itself runs in the caller's loop, so a
         sync ``perform`` does)."""
-        job = self._build_job(worker_cls, args, wait, run_at, queue, priority)
+        job = self._build_job(worker_cls, args, wait, run_at, queue, priority, unique_key)
+        if job.unique_key is not None:
+            refused = await asyncio.to_thread(self._adapter.enqueue_unique, [job])
+            return self._holder_handle(refused[job.id], job) if refused else job.handle()
         await self._adapter.aenqueue(job)
         return job.handle()
 
@@ -165,16 +188,32 @@ class Jobs:
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        transaction: Any = None,
     ) -> list[JobHandle]:
         """Enqueue many jobs of one worker at once (ActiveJob's ``perform_all_later``).
 
         Every argument set is validated before anything is enqueued, so one invalid item
         raises ``pydantic.ValidationError`` and enqueues none. Queue adapters publish the batch
-        in few round trips (Redis: pipelined).
+        in few round trips (Redis: pipelined). A worker with ``unique_for`` gets, for an
+        argument set already waiting or running (or twice in the batch), the existing job's
+        handle. ``transaction``: as for ``perform_later``, for the whole batch.
         """
         batch = [self._build_job(worker_cls, args, wait, run_at, queue, priority) for args in args_list]
-        self._adapter.enqueue_many(batch)
-        return [job.handle() for job in batch]
+        if transaction is not None:
+            refused = self._adapter.enqueue_in_transaction(transaction, batch)
+        elif worker_cls.unique_for is not None:
+            refused = self._adapter.enqueue_unique(batch)
+        else:
+            self._adapter.enqueue_many(batch)
+            return [job.handle() for job in batch]
+        return [self._holder_handle(refused[j.id], j) if j.id in refused else j.handle() for j in batch]
+
+    def _holder_handle(self, holder: str, job: Job) -> JobHandle:
+        """The handle of the job that holds ``job``'s unique key (from the store, where it has it)."""
+        info = self._adapter.job(holder)
+        if info is None:
+            return JobHandle(holder, job.name, job.queue, job.run_at, job.priority)
+        return JobHandle(holder, info.worker, info.queue, info.run_at, info.priority)
 
     def _build_job(
         self,
@@ -184,6 +223,7 @@ class Jobs:
         run_at: datetime | None,
         queue: str | None,
         priority: int | None,
+        unique_key: str | None = None,
     ) -> Job:
         if self._closed:
             raise ShutdownError("this Jobs app was shut down; it takes no more jobs")
@@ -195,15 +235,21 @@ class Jobs:
         # Validated, dumped, and checked to validate back from the JSON, as a queue's worker
         # will do: fail here, not there.
         payload = Job.dump_args(worker_cls.args_model, args)
-        return Job(
+        due = None if wait is None and run_at is None else self._due_time(wait, run_at)
+        job = Job(
             new_job_id(),
             worker_cls.name,
             _check_queue(queue if queue is not None else worker_cls.queue),
             payload,
             "[]",
             None if priority is None else self._check_priority(priority),
-            None if wait is None and run_at is None else self._due_time(wait, run_at),
+            due,
         )
+        unique_for = worker_cls.unique_for
+        if unique_key is None and unique_for is None:
+            return job
+        held = unique_seconds(seconds(unique_for, "unique_for"), due, job.enqueued_at)
+        return replace(job, unique_key=make_unique_key(job.name, unique_key, payload), unique_for=held)
 
     def _due_time(self, wait: timedelta | None, run_at: datetime | None) -> datetime | None:
         if wait is not None and run_at is not None:

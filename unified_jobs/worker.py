@@ -60,6 +60,12 @@ class Worker(Generic[Args]):
     #: The longest one attempt may run (a timedelta or seconds); past it the attempt fails
     #: with ``TimeLimitExceeded`` and is retried per ``retry``. ``None``: no limit.
     time_limit: ClassVar[timedelta | float | None] = None
+    #: Unique jobs: while a job of this worker with the same arguments (or the same
+    #: ``perform_later(unique_key=...)``) waits or runs, enqueueing another returns the existing
+    #: job's handle and enqueues nothing. The key is released when the job ends (completed,
+    #: failed, cancelled or discarded) and is held this long at most (a timedelta or seconds).
+    #: ``None``: jobs are unique only when ``perform_later`` gives a ``unique_key``.
+    unique_for: ClassVar[timedelta | float | None] = None
 
     # The Jobs app the class was last registered with (used by the classmethod shortcuts).
     _unified_jobs_app: ClassVar[Jobs | None] = None
@@ -109,6 +115,15 @@ class Worker(Generic[Args]):
             raise WorkerDefinitionError(
                 f"{cls.__qualname__}.time_limit must be positive (or None for no limit)"
             )
+        try:
+            unique_for = seconds(cls.unique_for, f"{cls.__qualname__}.unique_for")
+        except (TypeError, ValueError) as exc:
+            raise WorkerDefinitionError(str(exc)) from None
+        if unique_for == 0:
+            raise WorkerDefinitionError(
+                f"{cls.__qualname__}.unique_for must be positive (or None: not unique unless "
+                "perform_later gives a unique_key)"
+            )
         model = _args_model_from_bases(cls)
         if model is not None:
             cls.args_model = model
@@ -130,9 +145,20 @@ class Worker(Generic[Args]):
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        unique_key: str | None = None,
+        transaction: Any = None,
     ) -> JobHandle:
         """Enqueue a job on the app this worker is registered with. See ``Jobs.perform_later``."""
-        return cls._app().perform_later(cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority)
+        return cls._app().perform_later(
+            cls,
+            args,
+            wait=wait,
+            run_at=run_at,
+            queue=queue,
+            priority=priority,
+            unique_key=unique_key,
+            transaction=transaction,
+        )
 
     @classmethod
     def perform_all_later(
@@ -143,10 +169,11 @@ class Worker(Generic[Args]):
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        transaction: Any = None,
     ) -> list[JobHandle]:
         """Enqueue many jobs at once; see ``Jobs.perform_all_later``."""
         return cls._app().perform_all_later(
-            cls, args_list, wait=wait, run_at=run_at, queue=queue, priority=priority
+            cls, args_list, wait=wait, run_at=run_at, queue=queue, priority=priority, transaction=transaction
         )
 
     @classmethod
@@ -158,10 +185,11 @@ class Worker(Generic[Args]):
         run_at: datetime | None = None,
         queue: str | None = None,
         priority: int | None = None,
+        unique_key: str | None = None,
     ) -> JobHandle:
         """Async form of ``perform_later``; see ``Jobs.aperform_later``."""
         return await cls._app().aperform_later(
-            cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority
+            cls, args, wait=wait, run_at=run_at, queue=queue, priority=priority, unique_key=unique_key
         )
 
     @classmethod

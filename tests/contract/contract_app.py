@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -164,9 +165,43 @@ class LongAsync(Worker[SleepArgs]):
         record(self.ctx, worker="long_end", job=self.job_id)
 
 
+class UniqueEcho(Worker[EchoArgs]):
+    """Unique by its arguments for ten minutes."""
+
+    name = "contract.UniqueEcho"
+    unique_for = timedelta(minutes=10)
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, n=args.n, attempt=self.attempt)
+
+
+class UniqueFail(Worker[EchoArgs]):
+    """Unique by its arguments; fails its first attempt, then succeeds."""
+
+    name = "contract.UniqueFail"
+    unique_for = timedelta(minutes=10)
+    retry = Retry(max_attempts=2, wait=0.5, jitter=False)
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, n=args.n, attempt=self.attempt)
+        if self.attempt == 1:
+            raise ConnectionError("the first attempt fails on purpose")
+
+
+class BrieflyUnique(Worker[EchoArgs]):
+    """Unique by its arguments for one second only."""
+
+    name = "contract.BrieflyUnique"
+    unique_for = 1.0
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, n=args.n)
+
+
 WORKERS = (
     *(Echo, AsyncEcho, Fail, Sleep, Mail),
     *(Flaky, FlakyTwice, FailsUntil, SlowRetry, Discarding, Limited, Exiting, LongAsync),
+    *(UniqueEcho, UniqueFail, BrieflyUnique),
 )
 
 

@@ -59,6 +59,43 @@ class Adapter(ABC):
         """Async form; by default ``enqueue`` in a thread so the event loop never blocks."""
         await asyncio.to_thread(self.enqueue, job)
 
+    def enqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
+        """Enqueue the jobs whose unique key (if they have one) no waiting or running job
+        holds; returns ``{job id: the holder's id}`` for those that were not enqueued.
+
+        By default the store takes the keys (atomically), then the jobs taken are enqueued;
+        if that fails, their keys are released and the error propagates.
+        """
+        refused = self.store.claim_unique(jobs)
+        taken = [job for job in jobs if job.id not in refused] if refused else jobs
+        try:
+            if len(taken) == 1:
+                self.enqueue(taken[0])
+            elif taken:
+                self.enqueue_many(taken)
+        except BaseException:
+            self.store.release_unique(taken)  # only keys these jobs still hold
+            raise
+        return refused
+
+    def enqueue_in_transaction(self, transaction: Any, jobs: list[Job]) -> dict[str, str]:
+        """Enqueue ``jobs`` once ``transaction`` (a SQLAlchemy connection or session) commits,
+        and never if it rolls back. Kinds that can write the jobs in that very transaction
+        override this. Returns what ``enqueue_unique`` does, for the keys checked now (here:
+        none; they are checked at the commit)."""
+        from unified_jobs.adapters.transactions import after_commit
+
+        after_commit(transaction, lambda: self._enqueue_committed(jobs), what=_describe(jobs))
+        return {}
+
+    def _enqueue_committed(self, jobs: list[Job]) -> None:
+        if any(job.unique_key is not None for job in jobs):
+            self.enqueue_unique(jobs)
+        elif len(jobs) == 1:
+            self.enqueue(jobs[0])
+        else:
+            self.enqueue_many(jobs)
+
     def on_register(self, worker_cls: type[Worker[Any]]) -> None:  # noqa: B027 - optional hook
         """Called for each worker registered with the app."""
 

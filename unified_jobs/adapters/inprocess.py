@@ -364,7 +364,15 @@ class InProcessAdapter(Adapter):
             self._send_to_loop(to_loop)
 
     def cancel(self, job_id: str) -> bool:
-        return self.store.cancel(job_id) or self.executor.cancel(job_id)
+        if self.store.cancel(job_id):
+            with self._lock:  # a delayed job leaves the heap (close() does not wait for it)
+                kept = [entry for entry in self._delayed if entry[2].id != job_id]
+                if len(kept) != len(self._delayed):
+                    heapq.heapify(kept)
+                    self._delayed = kept
+                    self._cond.notify_all()
+            return True
+        return self.executor.cancel(job_id)
 
     # -- stopping ----------------------------------------------------------------------------
 

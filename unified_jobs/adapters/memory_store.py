@@ -101,6 +101,9 @@ class MemoryJobStore(JobStore):
         self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
         self._jobs: dict[str, _Record] = {}
         self._completed: OrderedDict[str, float] = OrderedDict()  # id -> monotonic finish time
+        # Unique jobs, under self._lock: key -> (holder's id, monotonic expiry); id -> key.
+        self._unique: dict[str, tuple[str, float]] = {}
+        self._unique_of: dict[str, str] = {}
         _stores.add(self)
 
     def _after_fork(self) -> None:
@@ -149,6 +152,7 @@ class MemoryJobStore(JobStore):
             if record is None or record.status not in ("failed", "cancelled"):
                 return False
             del self._jobs[job_id]
+            self._release(job_id)
             return True
 
     def cancel(self, job_id: str) -> bool:
@@ -160,7 +164,47 @@ class MemoryJobStore(JobStore):
                 return False
             record.status = "cancelled"
             record.finished = time.time()
-            return True
+        if self._unique_of:
+            with self._lock:
+                self._release(job_id)
+        return True
+
+    # -- unique jobs -------------------------------------------------------------------------
+
+    def claim_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        refused: dict[str, str] = {}
+        now = time.monotonic()
+        with self._lock:
+            for job in jobs:
+                key = job.unique_key
+                if key is None:
+                    continue
+                held = self._unique.get(key)
+                if held is not None:
+                    holder, expires = held
+                    if holder != job.id and expires > now and self._holds(holder):
+                        refused[job.id] = holder
+                        continue
+                    self._unique_of.pop(holder, None)
+                self._unique[key] = (job.id, now + (job.unique_for or 0.0))
+                self._unique_of[job.id] = key
+        return refused
+
+    def _holds(self, job_id: str) -> bool:
+        # Under self._lock. A job not recorded yet is being enqueued: it holds its key.
+        record = self._jobs.get(job_id)
+        return record is None or record.status not in ("completed", "failed", "cancelled")
+
+    def release_unique(self, jobs: Sequence[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._release(job.id)
+
+    def _release(self, job_id: str) -> None:
+        # Under self._lock.
+        key = self._unique_of.pop(job_id, None)
+        if key is not None and self._unique.get(key, ("",))[0] == job_id:
+            del self._unique[key]
 
     def record_enqueued(self, jobs: Sequence[Job]) -> None:
         now: datetime | None = None
@@ -215,6 +259,9 @@ class MemoryJobStore(JobStore):
                 record.run_at = outcome.retry_at
                 return
             record.finished = time.time()
+        if self._unique_of:  # the job ended: its key is free
+            with self._lock:
+                self._release(job_id)
         if status == "completed":
             completed = self._completed
             completed[job_id] = time.monotonic()

@@ -174,6 +174,11 @@ class Job:
     extra_json: str = "{}"
     #: Which try this is: 1 for the first, 2 for the first retry.
     attempt: int = 1
+    #: A unique job's key (``Worker.unique_for``, ``perform_later(unique_key=...)``): while a
+    #: job holding it waits or runs, no other job with it is enqueued. ``None``: not unique.
+    unique_key: str | None = None
+    #: Seconds the key is held at most (it is released sooner when the job ends).
+    unique_for: float | None = None
 
     #: ``dump_args``: a Worker job's ``kwargs_json`` from its arguments, checked.
     dump_args = staticmethod(dump_args)
@@ -201,6 +206,8 @@ if Job.__slots__ != (
     "enqueued_at",
     "extra_json",
     "attempt",
+    "unique_key",
+    "unique_for",
 ) or JobHandle.__slots__ != ("id", "worker", "queue", "run_at", "priority"):  # pragma: no cover
     raise RuntimeError("Job or JobHandle changed its fields: change _job_init/_handle_init too")
 
@@ -217,8 +224,23 @@ def _job_init(
     enqueued_at: datetime = _UNSET,
     extra_json: str = "{}",
     attempt: int = 1,
+    unique_key: str | None = None,
+    unique_for: float | None = None,
 ) -> None:
-    s_id, s_name, s_queue, s_kwargs, s_args, s_priority, s_run_at, s_enqueued, s_extra, s_attempt = _set_job
+    (
+        s_id,
+        s_name,
+        s_queue,
+        s_kwargs,
+        s_args,
+        s_priority,
+        s_run_at,
+        s_enqueued,
+        s_extra,
+        s_attempt,
+        s_unique_key,
+        s_unique_for,
+    ) = _set_job
     s_id(self, id)
     s_name(self, name)
     s_queue(self, queue)
@@ -229,6 +251,8 @@ def _job_init(
     s_enqueued(self, _now(_utc) if enqueued_at is _UNSET else enqueued_at)
     s_extra(self, extra_json)
     s_attempt(self, attempt)
+    s_unique_key(self, unique_key)
+    s_unique_for(self, unique_for)
 
 
 def _handle_init(

@@ -56,6 +56,18 @@ class JobStore(ABC):
         """Which of these running jobs someone asked to stop."""
         return set()
 
+    # -- unique jobs -------------------------------------------------------------------------
+
+    def claim_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        """Atomically take each job's ``unique_key`` (jobs without one are skipped), unless a
+        job that is waiting or running holds it; returns ``{job id: holder's id}`` for the
+        jobs refused. A key held past its ``unique_for`` is taken over."""
+        raise NotImplementedError(f"{type(self).__name__} has no unique keys")
+
+    def release_unique(self, jobs: Sequence[Job]) -> None:  # noqa: B027 - optional hook
+        """Release the keys these jobs hold (enqueueing them failed). Stores release a job's
+        key themselves when it ends (``record_outcome``, ``cancel``, ``discard``)."""
+
     # -- lifecycle, written by adapters ------------------------------------------------------
 
     def record_enqueued(self, jobs: Sequence[Job]) -> None:  # noqa: B027 - optional hook

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kombu.exceptions import OperationalError
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.base import Adapter, Capabilities
+from unified_jobs.adapters.sql.publishing import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, publishing
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import TAGS_HEADER, Job
 from unified_jobs.errors import EnqueueError
@@ -63,6 +65,35 @@ class CeleryQueueAdapter(Adapter):
             self._forget(jobs)
             raise self._error(f"{len(jobs)} jobs", exc) from None
 
+    def enqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
+        if not self._kind.unique_in_transport:
+            return super().enqueue_unique(jobs)  # the job store takes the keys first
+        # The queue's unique index decides, row by row, as the rows are inserted.
+        with publishing() as state:
+            if len(jobs) == 1:
+                self.enqueue(jobs[0])
+            else:
+                self.enqueue_many(jobs)
+        return state.refused
+
+    def enqueue_in_transaction(self, transaction: Any, jobs: list[Job]) -> dict[str, str]:
+        connection = self._kind.transaction_connection(transaction)
+        if connection is None:
+            return super().enqueue_in_transaction(transaction, jobs)  # after the commit
+        # The queue is the caller's database: the rows are written in the caller's transaction.
+        what = f"job {jobs[0].id} ({jobs[0].name})" if len(jobs) == 1 else f"{len(jobs)} jobs"
+        with publishing(connection) as state:
+            try:
+                for job in jobs:
+                    self._publish(job)
+            except (OperationalError, OSError) as exc:
+                raise EnqueueError(
+                    f"could not write {what} in the caller's transaction on {self._queue.kind} at "
+                    f"{mask_uri(self._queue.uri)}: {exc}; roll the transaction back, nothing of it "
+                    "can be committed now"
+                ) from None
+        return state.refused
+
     def _forget(self, jobs: list[Job]) -> None:
         with contextlib.suppress(Exception):  # the store may be down too: its records expire
             self.store.forget_enqueued(jobs)
@@ -70,9 +101,17 @@ class CeleryQueueAdapter(Adapter):
     def _publish(self, job: Job, producer: Any = None) -> None:
         options: dict[str, Any] = {"priority": self._kind.publish_priority(job.priority or 0)}
         worker_cls = self.executor.worker_class(job.name)
+        headers: dict[str, Any] = {}
         if worker_cls is not None and worker_cls.tags:
             # Celery keeps custom headers in the message; the job's tags survive a dump/import.
-            options["headers"] = {TAGS_HEADER: list(worker_cls.tags)}
+            headers[TAGS_HEADER] = list(worker_cls.tags)
+        if job.unique_key is not None and self._kind.unique_in_transport:
+            # Retries keep them too (Celery copies a request's custom headers).
+            headers[UNIQUE_HEADER] = job.unique_key
+            until = job.enqueued_at + timedelta(seconds=job.unique_for or 0.0)
+            headers[UNIQUE_UNTIL_HEADER] = until.isoformat()
+        if headers:
+            options["headers"] = headers
         self._bridge.app.send_task(
             job.name,
             args=json.loads(job.args_json),

@@ -243,7 +243,8 @@ class CeleryBridge:
                 exc=error if isinstance(error, Exception) else None,
                 eta=outcome.retry_at,
                 max_retries=None,
-                headers={ERROR_HEADER: outcome.error_text},
+                # Celery would replace the request's own custom headers (tags, unique key).
+                headers={**(task.request.headers or {}), ERROR_HEADER: outcome.error_text},
             )
         if not isinstance(error, Exception):  # a job's SystemExit must not end the pool process
             raise JobError(outcome.error_text) from error

@@ -21,6 +21,7 @@ from uuid import uuid4
 from kombu.transport import virtual
 from sqlalchemy.engine import Row
 
+from unified_jobs.adapters.sql import publishing
 from unified_jobs.adapters.sql.background import AckWriter, Heartbeat
 from unified_jobs.adapters.sql.leases import Action, Leases, aware, utcnow
 from unified_jobs.adapters.sql.schema import ensure_schema_on
@@ -59,6 +60,16 @@ def _priority(value: Any) -> int:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)[:255]
+
+
+def _until(value: Any) -> datetime | None:
+    """A unique key's expiry from its header (ISO 8601); None if absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return aware(datetime.fromisoformat(value))
+    except ValueError:
+        return None
 
 
 class QoS(virtual.QoS):
@@ -118,15 +129,26 @@ class Channel(virtual.Channel):
         props = message.get("properties") or {}
         headers = message.get("headers") or {}
         now = utcnow()
-        self.leases.enqueue(
+        task_id = _text(headers.get("id") or props.get("correlation_id"))
+        state = publishing.current()
+        holder = self.leases.enqueue(
             queue=queue,
             payload=json.dumps(message),
             task_name=_text(headers.get("task")),
-            task_id=_text(headers.get("id") or props.get("correlation_id")),
+            task_id=task_id,
             priority=_priority(props.get("priority")),
             run_at=_run_at(headers.get("eta"), now),
             now=now,
+            unique_key=_text(headers.get(publishing.UNIQUE_HEADER)),
+            unique_until=_until(headers.get(publishing.UNIQUE_UNTIL_HEADER)),
+            connection=state.connection if state is not None else None,
         )
+        if holder is not None:
+            if state is not None and task_id is not None:
+                state.refused[task_id] = holder
+            else:  # only our adapter sets the header, and it always listens
+                logger.warning("job %s was not enqueued: job %s holds its unique key", task_id, holder)
+            return
         poke_local(self.connection.local_key)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:

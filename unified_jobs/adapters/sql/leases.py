@@ -113,8 +113,16 @@ class Leases:
         priority: int,
         run_at: datetime,
         now: datetime,
-    ) -> None:
-        """Insert one ``queued`` row."""
+        unique_key: str | None = None,
+        unique_until: datetime | None = None,
+        connection: Connection | None = None,
+    ) -> str | None:
+        """Insert one ``queued`` row, committed at once, or in ``connection``'s transaction.
+
+        With a ``unique_key``: nothing is inserted while another job's queued or processing row
+        holds it, and that job's task id is returned. A key past its ``unique_until``, or held by
+        an earlier row of the same task id (a retry being republished), is taken over.
+        """
         params = {
             "queue": queue,
             "task_name": task_name,
@@ -124,8 +132,29 @@ class Leases:
             "run_at": run_at,
             "now": now,
         }
+        if connection is not None:
+            return self._insert(connection, params, unique_key, unique_until)
         with self.engine.begin() as conn:
+            return self._insert(conn, params, unique_key, unique_until)
+
+    def _insert(
+        self, conn: Connection, params: dict[str, Any], key: str | None, until: datetime | None
+    ) -> str | None:
+        if key is None:
             conn.execute(self.q.enqueue, params)
+            return None
+        params = {**params, "unique_key": key, "unique_until": until}
+        for _ in range(5):
+            if conn.execute(self.q.enqueue_unique, params).first() is not None:
+                return None
+            holder = conn.execute(self.q.unique_holder, {"unique_key": key}).first()
+            if holder is None:
+                continue  # it ended in between: try again
+            expired = holder.unique_until is not None and aware(holder.unique_until) <= params["now"]
+            if holder.task_id != params["task_id"] and not expired:
+                return str(holder.task_id)
+            conn.execute(self.q.unique_free, {"holder_id": holder.id})
+        raise RuntimeError(f"unique key {key!r} changed hands five times during one enqueue")
 
     def purge(self, queue: str) -> int:
         with self.engine.begin() as conn:

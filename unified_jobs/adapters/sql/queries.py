@@ -28,6 +28,8 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import Insert
 
 from unified_jobs.adapters.sql.schema import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED, Tables
@@ -52,6 +54,13 @@ class Queries:
 
     # queue, task_name, task_id, payload, priority, run_at, now
     enqueue: Insert
+    # the same, plus unique_key, unique_until: inserts nothing while a queued or processing
+    # row holds the key -> the new row's id, or no row
+    enqueue_unique: Insert
+    # unique_key -> the row holding it (id, task_id, unique_until), if any
+    unique_holder: Select[Any]
+    # holder_id -> rowcount: the row gives its key up (expired, or superseded by its own retry)
+    unique_free: Update
     # queues (list), limit, now, owner, lease_until -> rows (id, queue, payload, attempts, priority, run_at)
     claim: Update
     # queues (list) -> earliest run_at of a queued job, or NULL
@@ -125,8 +134,27 @@ def queries_for(t: Tables, dialect: str) -> Queries:
     cleared = {"lease_owner": None, "lease_expires_at": None}
     expired = (c.status == PROCESSING) & (c.lease_expires_at < now)
 
+    # The partial index's own predicate, as literal SQL: the database infers the index from it
+    # (bound parameters there would not match it).
+    holds_key = text(f"unique_key IS NOT NULL AND status IN ('{QUEUED}', '{PROCESSING}')")
+    dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    enqueue_unique = (
+        dialect_insert(j)
+        .values(
+            **_queued_values(now), unique_key=bindparam("unique_key"), unique_until=bindparam("unique_until")
+        )
+        .on_conflict_do_nothing(index_elements=[c.unique_key], index_where=holds_key)
+        .returning(c.id)  # rowcount does not say whether a row was inserted on every driver
+    )
     return Queries(
         enqueue=_insert_queued(t, created_at=now),
+        enqueue_unique=enqueue_unique,
+        unique_holder=select(c.id, c.task_id, c.unique_until).where(
+            c.unique_key == bindparam("unique_key"), c.status.in_([QUEUED, PROCESSING])
+        ),
+        unique_free=update(j)
+        .where(c.id == bindparam("holder_id"))
+        .values(unique_key=None, unique_until=None),
         claim=claim,
         next_due=select(func.min(c.run_at)).where(queued_in),
         complete=update(j).where(mine).values(status=COMPLETED, updated_at=now, **cleared),
@@ -237,7 +265,11 @@ def admin_queries_for(t: Tables) -> AdminQueries:
 
 def _insert_queued(t: Tables, created_at: Any) -> Insert:
     """A new queued row: queue, task_name, task_id, payload, priority, run_at, now (+ created_at)."""
-    return insert(t.jobs).values(
+    return insert(t.jobs).values(**_queued_values(created_at))
+
+
+def _queued_values(created_at: Any) -> dict[str, Any]:
+    return dict(
         queue=bindparam("queue"),
         task_name=bindparam("task_name"),
         task_id=bindparam("task_id"),
@@ -325,7 +357,12 @@ def retry_failed(t: Tables, worker: bool) -> Update:
     where: list[ColumnElement[bool]] = [c.status == FAILED]
     if worker:
         where.append(c.task_name == bindparam("worker"))
-    return update(t.jobs).where(*where).values(status=QUEUED, attempts=0, updated_at=bindparam("now"))
+    # A failed job retried is no longer unique: another job may hold its key by now.
+    return (
+        update(t.jobs)
+        .where(*where)
+        .values(status=QUEUED, attempts=0, updated_at=bindparam("now"), unique_key=None, unique_until=None)
+    )
 
 
 # --- one job, by its Celery task id (the job store behind ``jobs.job()`` and friends) --------

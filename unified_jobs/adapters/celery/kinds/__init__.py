@@ -31,6 +31,9 @@ class QueueKind(ABC):
 
     #: Whether ``jobs.cancel`` can reach a job already running in a worker process.
     cancel_running: ClassVar[bool] = False
+    #: Whether the queue itself keeps unique keys (a unique index over its job rows), so a
+    #: unique job's key travels in its message; else the job store takes the keys first.
+    unique_in_transport: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, workers: WorkersConfig) -> None:
         self.queue = queue
@@ -69,6 +72,11 @@ class QueueKind(ABC):
     def health(self, *, fix: bool, timeout: float) -> list[Check]:
         """Whether the broker answers within ``timeout`` seconds (and, with ``fix``, repair
         what can be repaired, such as missing tables)."""
+
+    def transaction_connection(self, transaction: Any) -> Any:
+        """The SQLAlchemy connection of ``transaction`` if jobs can be written in it (the queue
+        is that very database), else None: they are enqueued after it commits."""
+        return None
 
     def job_table(self) -> Any:
         """The table of every job that the bulk ``jobs`` commands (list by status, requeue,

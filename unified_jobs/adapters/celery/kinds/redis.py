@@ -61,6 +61,35 @@ if status == 'processing' then return 2 end
 return 0
 """
 
+# Take a unique key (KEYS[1]) for job ARGV[1] (record KEYS[2]) for ARGV[2] ms, unless a job that
+# waits or runs holds it: its id is returned. A holder whose record is gone or finished, or
+# whose key expired, holds nothing. The new job's record notes its key (for the release).
+_CLAIM_UNIQUE = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then
+  local record = ARGV[3] .. holder
+  if redis.call('EXISTS', record) == 1 then
+    local status = redis.call('HGET', record, 'status')
+    if not status or status == 'queued' or status == 'scheduled' or status == 'processing'
+        or status == 'retrying' then
+      return holder
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+redis.call('HSET', KEYS[2], 'unique_key', KEYS[1])
+return false
+"""
+
+# The job of record KEYS[1] (id ARGV[1]) ended: release the unique key it holds, if any (ARGV[2]
+# if known, else the one its record notes).
+_RELEASE_UNIQUE = """
+local key = ARGV[2]
+if not key or key == '' then key = redis.call('HGET', KEYS[1], 'unique_key') end
+if key and redis.call('GET', key) == ARGV[1] then redis.call('DEL', key) end
+return 0
+"""
+
 _SETTLED: dict[str, str] = {
     "succeeded": "completed",
     "retry": "retrying",
@@ -84,10 +113,36 @@ class RedisJobStore(JobStore):
         self._keep = max(1, int(keep_completed))
         self._start = self.client.register_script(_START)
         self._cancel = self.client.register_script(_CANCEL)
+        self._claim_unique = self.client.register_script(_CLAIM_UNIQUE)
+        self._release_unique = self.client.register_script(_RELEASE_UNIQUE)
 
     @staticmethod
     def key(job_id: str) -> str:
         return f"{PREFIX}job:{job_id}"
+
+    # -- unique jobs -------------------------------------------------------------------------
+
+    def claim_unique(self, jobs: Sequence[Job]) -> dict[str, str]:
+        unique = [job for job in jobs if job.unique_key is not None]
+        if not unique:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for job in unique:
+            ttl_ms = max(1, int((job.unique_for or 0.0) * 1000))
+            keys = [f"{PREFIX}unique:{job.unique_key}", self.key(job.id)]
+            self._claim_unique(keys=keys, args=[job.id, ttl_ms, f"{PREFIX}job:"], client=pipe)
+        # In order: a job refused by an earlier one of the same batch sees it as the holder.
+        held = pipe.execute()
+        return {job.id: holder for job, holder in zip(unique, held, strict=True) if holder}
+
+    def release_unique(self, jobs: Sequence[Job]) -> None:
+        unique = [job for job in jobs if job.unique_key is not None]
+        if unique:
+            pipe = self.client.pipeline(transaction=False)
+            for job in unique:
+                unique_key = f"{PREFIX}unique:{job.unique_key}"
+                self._release_unique(keys=[self.key(job.id)], args=[job.id, unique_key], client=pipe)
+            pipe.execute()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -138,6 +193,8 @@ class RedisJobStore(JobStore):
             fields["finished_at"] = _ts(utcnow())
         pipe.hset(key, mapping=fields)
         pipe.srem(f"{PREFIX}cancel", job.id)
+        if status != "retrying":  # the job ended: its unique key, if any, is free
+            self._release_unique(keys=[key], args=[job.id], client=pipe)
         if status == "failed":
             pipe.persist(key)
             pipe.zadd(f"{PREFIX}failed", {job.id: utcnow().timestamp()})
@@ -207,6 +264,7 @@ class RedisJobStore(JobStore):
         key = self.key(job_id)
         ttl = int(self.client.ttl(key)) if info.status == "cancelled" else 0
         pipe = self.client.pipeline(transaction=True)
+        self._release_unique(keys=[key], args=[job_id], client=pipe)
         pipe.delete(key)
         if info.status == "cancelled":
             # Its message may still wait in the broker: a tombstone (which reads as no job)
@@ -219,7 +277,11 @@ class RedisJobStore(JobStore):
 
     def cancel(self, job_id: str) -> bool:
         # The message stays in the broker's list; its worker acks it without running it.
-        return int(cast(Any, self._cancel(keys=[self.key(job_id)], args=[_ts(utcnow()), self._keep]))) == 1
+        key = self.key(job_id)
+        if int(cast(Any, self._cancel(keys=[key], args=[_ts(utcnow()), self._keep]))) != 1:
+            return False
+        self._release_unique(keys=[key], args=[job_id])
+        return True
 
     def request_cancel(self, job_id: str) -> bool:
         info = self.get(job_id)

@@ -137,6 +137,7 @@ def _body(message: dict[str, Any]) -> str:
 
 class SqlKind(QueueKind):
     cancel_running = True
+    unique_in_transport = True
 
     def broker_settings(self) -> dict[str, Any]:
         from unified_jobs.adapters import sql
@@ -170,6 +171,12 @@ class SqlKind(QueueKind):
             return int(str(delivery_tag).rsplit(".", 1)[1])
         except (IndexError, ValueError):
             return 1
+
+    def transaction_connection(self, transaction: Any) -> Any:
+        from unified_jobs.adapters.transactions import connection_of
+
+        conn = connection_of(transaction)
+        return conn if _same_database(conn.engine.url, self.queue.uri) else None
 
     def job_table(self) -> SqlTable:
         return SqlTable(self.queue.uri, self.queue.table_prefix)
