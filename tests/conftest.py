@@ -51,6 +51,10 @@ REDIS_DBS = {
     # the job stores of the RabbitMQ kind (queue.store_uri)
     "rabbitmq": 6,
     "rabbitmq_contract": 7,
+    # tests/integration/test_scheduler.py: the Redis queue, and the RabbitMQ kind's job store
+    "scheduler": 1,
+    "scheduler_rabbitmq": 8,
+    "redis_delays": 2,
 }
 
 
@@ -84,6 +88,7 @@ def clear_sql_jobs(uri: str, prefix: str) -> None:
     ensure_schema(uri, prefix)
     with get_engine(uri).begin() as conn:
         conn.execute(sa.text(f"DELETE FROM {prefix}jobs"))
+        conn.execute(sa.text(f"DELETE FROM {prefix}schedules"))
 
 
 def require_rabbitmq() -> None:

@@ -1,5 +1,10 @@
 """The Redis kind: kombu's Redis transport, and the project's own small job store beside it.
 
+The transport is kombu's with one change (``redis_transport.py``): a job due later (a wait, a
+run_at, a retry's backoff, an adopted task's countdown) waits in a sorted set of its queue
+(``unified_jobs:delayed:<queue>``) until due, not unacked in a worker, and the workers' movers
+push it to its list then. ``jobs list`` counts delayed jobs as queued; a purge deletes them.
+
 The store is a hash per job (``unified_jobs:job:<id>``), a sorted set of failed jobs
 (``unified_jobs:failed``, scored by finish time) and a set of cancel requests for running jobs.
 The broker's lists stay the only source of truth for *what is queued*; the store only says
@@ -63,7 +68,9 @@ return 0
 
 # Take a unique key (KEYS[1]) for job ARGV[1] (record KEYS[2]) for ARGV[2] ms, unless a job that
 # waits or runs holds it: its id is returned. A holder whose record is gone or finished, or
-# whose key expired, holds nothing. The new job's record notes its key (for the release).
+# whose key expired, holds nothing. The new job's record notes its key (for the release); until
+# record_enqueued gives it a status (and a longer life), that record lives CLAIM_TTL seconds, so
+# a process that died between the two holds the key no longer than that.
 _CLAIM_UNIQUE = """
 local holder = redis.call('GET', KEYS[1])
 if holder and holder ~= ARGV[1] then
@@ -78,8 +85,12 @@ if holder and holder ~= ARGV[1] then
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('HSET', KEYS[2], 'unique_key', KEYS[1])
+if redis.call('TTL', KEYS[2]) < 0 then redis.call('EXPIRE', KEYS[2], ARGV[4]) end
 return false
 """
+
+#: Seconds a claimed key's record lives before ``record_enqueued`` writes it (see _CLAIM_UNIQUE).
+CLAIM_TTL = 60
 
 # The job of record KEYS[1] (id ARGV[1]) ended: release the unique key it holds, if any (ARGV[2]
 # if known, else the one its record notes).
@@ -130,7 +141,7 @@ class RedisJobStore(JobStore):
         for job in unique:
             ttl_ms = max(1, int((job.unique_for or 0.0) * 1000))
             keys = [f"{PREFIX}unique:{job.unique_key}", self.key(job.id)]
-            self._claim_unique(keys=keys, args=[job.id, ttl_ms, f"{PREFIX}job:"], client=pipe)
+            self._claim_unique(keys=keys, args=[job.id, ttl_ms, f"{PREFIX}job:", CLAIM_TTL], client=pipe)
         # In order: a job refused by an earlier one of the same batch sees it as the holder.
         held = pipe.execute()
         return {job.id: holder for job, holder in zip(unique, held, strict=True) if holder}
@@ -323,7 +334,15 @@ class RedisKind(QueueKind):
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
         }
-        return {"broker_url": queue.uri, "broker_transport_options": options}
+        # kombu's Redis transport, whose delayed messages wait in a sorted set until due
+        # (redis_transport.py), not unacked in a worker past the visibility timeout.
+        sentinel = queue.uri.strip().lower().startswith("sentinel:")
+        transport = "SentinelTransport" if sentinel else "Transport"
+        return {
+            "broker_url": queue.uri,
+            "broker_transport": f"unified_jobs.adapters.celery.kinds.redis_transport:{transport}",
+            "broker_transport_options": options,
+        }
 
     def publish_priority(self, priority: int) -> int:
         # kombu's Redis transport serves 0 first (and puts a message without a priority
@@ -361,16 +380,21 @@ class RedisKind(QueueKind):
         return [("ok", "queue", f"{where} answered PING in {(time.monotonic() - started) * 1000:.0f} ms")]
 
     def queue_lengths(self, app: Any, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
+        from unified_jobs.adapters.celery.kinds.redis_transport import delayed_counts
+
         queued: dict[str, int] = {}
         reserved: dict[str, int] = {}
         with app.connection_for_read() as conn:
             channel: Any = conn.default_channel
             client = channel.client
+            # Delayed jobs wait in a sorted set per queue until due: queued too.
+            raw = redis.Redis(connection_pool=channel.pool)  # unprefixed: the keys get it here
+            delayed = delayed_counts(raw, names, channel.global_keyprefix or "")
             for name in names:
                 # kombu keeps one list per priority level: "<queue>" and "<queue>\x06\x16<n>".
                 keys = dict.fromkeys(channel._q_for_pri(name, pri) for pri in channel.priority_steps)
-                queued[name] = sum(int(client.llen(key)) for key in keys)
-            # Jobs a worker took and has not acked (running, prefetched, or waiting for their eta).
+                queued[name] = sum(int(client.llen(key)) for key in keys) + delayed[name]
+            # Jobs a worker took and has not acked (running, prefetched, or due within a second).
             for _tag, raw in client.hscan_iter(channel.unacked_key, count=500):
                 try:
                     routing_key = json.loads(raw)[2]
@@ -380,3 +404,20 @@ class RedisKind(QueueKind):
         for name in reserved:
             queued.setdefault(name, 0)
         return queued, reserved
+
+    def purge_queues(self, app: Any, names: list[str]) -> dict[str, int]:
+        """The queues' lists, and their delayed jobs (whatever their due time)."""
+        from unified_jobs.adapters.celery.kinds.redis_transport import purge_delayed
+
+        # The delayed ones first: one a mover pushes to its list meanwhile is purged with it.
+        with app.connection_for_write() as conn:
+            channel: Any = conn.default_channel
+            raw = redis.Redis(connection_pool=channel.pool)
+            delayed = purge_delayed(raw, names, channel.global_keyprefix or "")
+        purged = super().purge_queues(app, names)
+        return {name: purged[name] + delayed[name] for name in names}
+
+    def make_schedule_state(self) -> Any:  # a ScheduleState (annotated so in QueueKind)
+        from unified_jobs.adapters.celery.kinds.redis_schedules import RedisScheduleState
+
+        return RedisScheduleState(self.queue.uri)

@@ -1,0 +1,334 @@
+"""The Redis kind's transport: kombu's Redis transport, whose delayed messages wait in Redis.
+
+kombu's stock transport pushes a message with an eta (``perform_later(wait=...)``, a retry with
+backoff, an adopted app's ``countdown=``) to its queue's list at once; a worker takes it and
+holds it unacked until due, and past ``visibility_timeout`` kombu hands it out again, so a
+long delay ran twice or more (kombu#337). Here a message due more than ``IMMEDIATE`` seconds
+ahead is not pushed: ``Channel._put`` adds it to a sorted set of its queue instead,
+``unified_jobs:delayed:<queue>``, scored by its due time (epoch seconds), as
+``<list key>\\0<message>`` (the list kombu would have pushed it to, priority included), and
+adds the queue to the index ``unified_jobs:delayed`` (a sorted set of queues scored by their
+earliest due time). Both in one MULTI/EXEC, or in the publish batch's.
+
+Every process that consumes (a worker's main process) runs a ``Mover``: a daemon thread that
+every ``MOVE_EVERY`` seconds runs one Lua script, which pushes the due messages to their lists
+and removes them from the sets, atomically; with many workers each message is moved once, by
+whichever gets there first. "Due" is judged by the Redis server's clock (``TIME``), the same
+for every mover; the due time itself is the eta, set by the publisher's clock.
+
+Publish batches (``Producer.batch``, which ``perform_all_later`` uses) are MULTI/EXEC
+transactions here, where kombu's are plain pipelines: a batch whose flush is cut off half way
+leaves none of its messages, queued or delayed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import weakref
+from contextlib import ExitStack
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as _kombu_dumps
+from kombu.utils.url import as_url
+
+__all__ = [
+    "DELAYED_INDEX",
+    "DELAYED_PREFIX",
+    "Channel",
+    "Mover",
+    "SentinelChannel",
+    "SentinelTransport",
+    "Transport",
+    "delayed_counts",
+    "due_time",
+    "move_due",
+    "purge_delayed",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The index: a sorted set of queue names, each scored by the earliest due time of its set.
+DELAYED_INDEX = "unified_jobs:delayed"
+#: ``DELAYED_PREFIX + queue``: the queue's delayed messages, scored by due time.
+DELAYED_PREFIX = "unified_jobs:delayed:"
+#: A message due within this many seconds goes to its list at once (the worker holds it).
+IMMEDIATE = 0.5
+#: Seconds between two rounds of a mover.
+MOVE_EVERY = 0.5
+#: Messages one script call moves at most (a round calls it again while more are due).
+MOVE_LIMIT = 500
+SEP = "\0"
+#: kombu's JSON, as its own ``_put`` writes a message.
+dumps: Any = _kombu_dumps
+
+# KEYS[1]: the index; ARGV[1]: the prefix of the queues' sets; ARGV[2]: at most this many.
+# Returns {moved, whether more are due}. The server's clock says what is due.
+_MOVE = """
+if redis.replicate_commands then redis.replicate_commands() end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[2])
+local moved = 0
+local queues = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, limit)
+for _, queue in ipairs(queues) do
+  local key = ARGV[1] .. queue
+  local due = redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, limit - moved)
+  for _, member in ipairs(due) do
+    local i = string.find(member, '\\0', 1, true)
+    if i then redis.call('LPUSH', string.sub(member, 1, i - 1), string.sub(member, i + 1)) end
+    redis.call('ZREM', key, member)
+  end
+  moved = moved + #due
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first == 0 then
+    redis.call('ZREM', KEYS[1], queue)
+  else
+    redis.call('ZADD', KEYS[1], first[2], queue)
+  end
+  if moved >= limit then break end
+end
+local more = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
+return {moved, #more}
+"""
+
+
+def due_time(eta: Any) -> float | None:
+    """The epoch seconds a message with this ``eta`` header (ISO 8601; naive is UTC) is due,
+    or None if it has none, or one that cannot be read (the worker judges it as Celery does)."""
+    if not eta:
+        return None
+    try:
+        due = datetime.fromisoformat(eta) if isinstance(eta, str) else eta
+    except ValueError:
+        return None
+    if not isinstance(due, datetime):
+        return None
+    if due.tzinfo is None:
+        due = due.replace(tzinfo=timezone.utc)
+    return due.timestamp()
+
+
+def move_due(client: Any, prefix: str = "", limit: int = MOVE_LIMIT) -> int:
+    """Move every due delayed message to its list (as many script calls as it takes); how many.
+    ``client`` is a plain ``redis.Redis`` (keys are prefixed here with ``prefix``, kombu's
+    ``global_keyprefix``)."""
+    total = 0
+    while True:
+        moved, more = client.eval(_MOVE, 1, prefix + DELAYED_INDEX, prefix + DELAYED_PREFIX, limit)
+        total += int(moved)
+        if not int(more):
+            return total
+
+
+def delayed_counts(client: Any, names: list[str], prefix: str = "") -> dict[str, int]:
+    """The delayed messages waiting for each of these queues."""
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.zcard(prefix + DELAYED_PREFIX + name)
+    return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}
+
+
+def purge_delayed(client: Any, names: list[str], prefix: str = "") -> dict[str, int]:
+    """Delete the delayed messages of these queues; how many per queue."""
+    pipe = client.pipeline(transaction=True)
+    for name in names:
+        pipe.zcard(prefix + DELAYED_PREFIX + name)
+        pipe.delete(prefix + DELAYED_PREFIX + name)
+        pipe.zrem(prefix + DELAYED_INDEX, name)
+    counts = pipe.execute()[::3]
+    return {name: int(n) for name, n in zip(names, counts, strict=True)}
+
+
+class Mover:
+    """A daemon thread that moves due delayed messages to their lists every ``interval``
+    seconds (at once when it starts: a job that fell due while no worker ran), until
+    ``stop`` or until its channel is closed or gone. A round that fails (Redis down) logs a
+    warning, once per outage, and the next round tries again."""
+
+    def __init__(self, channel: Any, interval: float = MOVE_EVERY) -> None:
+        pool = channel._get_pool()  # a pool of its own (a Sentinel-managed one on Sentinel)
+        options = pool.connection_kwargs
+        # a hung server must not hang the thread for good
+        options["socket_timeout"] = options.get("socket_timeout") or 10
+        if "socket_connect_timeout" in options:  # not for a Unix socket
+            options["socket_connect_timeout"] = options["socket_connect_timeout"] or 5
+        self.client: Any = redis.Redis(connection_pool=pool)  # plain: keys are prefixed here
+        self.prefix: str = channel.global_keyprefix or ""
+        self.interval = interval
+        self.pid = os.getpid()
+        self._channel = weakref.ref(channel)
+        self._stop = threading.Event()
+        self._failing = False
+        self.thread = threading.Thread(target=self._run, name="unified-jobs-delayed-mover", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.pid == os.getpid() and self.thread.is_alive() and not self._stop.is_set()
+
+    def _channel_open(self) -> bool:
+        channel = self._channel()
+        return channel is not None and not channel.closed and not channel._closing
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set() and self._channel_open():
+                self.round()
+                self._stop.wait(self.interval)
+        finally:
+            with contextlib.suppress(Exception):
+                self.client.connection_pool.disconnect()
+
+    def round(self) -> int:
+        try:
+            moved = move_due(self.client, self.prefix)
+        except redis.RedisError as exc:
+            if not self._failing:
+                logger.warning("cannot move due delayed jobs to their queues (trying again): %s", exc)
+            self._failing = True
+            return 0
+        if self._failing:
+            logger.warning("moving due delayed jobs to their queues again")
+            self._failing = False
+        return int(moved)
+
+
+_lock = threading.Lock()
+_mover: Mover | None = None
+
+
+def _forget_mover() -> None:
+    global _mover
+    _mover = None  # the thread did not survive the fork; its owner is the parent's
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_mover)
+
+
+def _ensure_mover(channel: Any) -> None:
+    """Start this process' mover if it has none running (once per process)."""
+    global _mover
+    with _lock:
+        if _mover is not None and _mover.alive:
+            return
+        _mover = Mover(channel)
+        _mover.start()
+
+
+class DelayedMixin:
+    """What ``Channel`` and ``SentinelChannel`` add to kombu's Redis channels."""
+
+    _mover: Mover | None = None
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> Any:
+        channel: Any = self
+        due = due_time((message.get("headers") or {}).get("eta"))
+        if due is None or due - time.time() <= IMMEDIATE:
+            return super()._put(queue, message, **kwargs)  # type: ignore[misc]
+        pri = channel._get_message_priority(message, reverse=False)
+        # The list key as the script pushes it: raw, so with kombu's global_keyprefix.
+        member = f"{channel.global_keyprefix or ''}{channel._q_for_pri(queue, pri)}{SEP}{dumps(message)}"
+        key = DELAYED_PREFIX + queue  # the client prefixes these itself
+        publish_batch = kwargs.pop("_publish_batch", None)
+        if publish_batch is not None:
+            publish_batch.add("zadd", key, {member: due})
+            # nx, xx, ch, incr, gt, lt: only lower the queue's earliest due time
+            publish_batch.add("zadd", DELAYED_INDEX, {queue: due}, False, False, False, False, False, True)
+            return None
+        with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {member: due})
+            pipe.zadd(DELAYED_INDEX, {queue: due}, lt=True)
+            pipe.execute()
+        return None
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+        _ensure_mover(self)
+        return result
+
+    def create_publish_batch(self, max_size: int) -> PublishBatch:
+        return PublishBatch(self, max_size)
+
+    def close(self) -> None:
+        with _lock:
+            mover = _mover
+        if mover is not None and mover._channel() is self:
+            mover.stop()
+        super().close()  # type: ignore[misc]
+
+
+class PublishBatch(kombu_redis.PublishBatch):
+    """kombu's publish batch in a MULTI/EXEC transaction: all of it or none of it."""
+
+    def __init__(self, channel: Any, max_size: int) -> None:  # kombu's, with transaction=True
+        self.channel = channel
+        self.max_size = max_size
+        self._buffered = 0
+        self._collecting = None
+        self._failed = None
+        self._aborted = False
+        self._closed = False
+        self._stack = ExitStack()
+        try:
+            client = self._stack.enter_context(channel.conn_or_acquire())
+            self.pipeline = self._stack.enter_context(client.pipeline(transaction=True))
+        except BaseException:
+            self._stack.close()
+            raise
+
+
+class Channel(DelayedMixin, kombu_redis.Channel):
+    pass
+
+
+class SentinelChannel(DelayedMixin, kombu_redis.SentinelChannel):
+    pass
+
+
+class _ShownAsRedis:
+    """The connection's URL in logs reads ``redis://...`` (kombu would put ``module:Class``,
+    the ``broker_transport`` setting, where the scheme goes)."""
+
+    client: Any
+    scheme = "redis"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Read on the instance by Connection.as_uri only; kombu still parses the URL as for
+        # its own Redis transport (it reads the class attribute for that).
+        self.can_parse_url = True
+
+    def as_uri(self, uri: str, include_password: bool = False, mask: str = "**") -> str:
+        c = self.client
+        scheme = f"{self.scheme}s" if c.ssl and self.scheme == "redis" else self.scheme
+        vhost = quote(str(c.virtual_host)) if c.virtual_host is not None else ""
+        url: str = as_url(
+            scheme, c.hostname or "localhost", c.port, c.userid, c.password, vhost,
+            sanitize=not include_password, mask=mask,
+        )  # fmt: skip
+        return url
+
+
+class Transport(_ShownAsRedis, kombu_redis.Transport):
+    """kombu's Redis transport whose delayed messages wait in a sorted set until due."""
+
+    Channel = Channel
+
+
+class SentinelTransport(_ShownAsRedis, kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
+    scheme = "sentinel"
