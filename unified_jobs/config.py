@@ -27,6 +27,8 @@ __all__ = [
     "Mode",
     "QueueConfig",
     "RetryConfig",
+    "ScheduleConfig",
+    "SchedulerConfig",
     "ServerConfig",
     "WorkersConfig",
     "config_dir_default",
@@ -189,12 +191,112 @@ class ServerConfig(_Strict):
     port: int = Field(default=5150, ge=0, le=65535)  # Loco's default port
 
 
+class ScheduleConfig(_Strict):
+    """One entry of ``scheduler.jobs`` (Loco's keys): ``run`` a registered worker's name, on
+    ``schedule`` (a cron expression) or ``every`` (seconds), with ``args``."""
+
+    run: str = Field(min_length=1)
+    #: A five-field cron expression (``"0 2 * * *"``) or ``@hourly``/``@daily``/...
+    schedule: str | None = None
+    #: Or a period in seconds (ticks at multiples of it since 1970-01-01 UTC).
+    every: float | None = Field(default=None, ge=1)
+    args: dict[str, Any] = Field(default_factory=dict)
+    #: ``start --scheduler --tag T`` runs only the schedules with tag T (default: the worker's tags).
+    tags: tuple[str, ...] | None = None
+    #: The cron expression's time zone (an IANA name; default UTC).
+    timezone: str | None = None
+    #: What to do with ticks missed while no scheduler ran (default: ``scheduler.missed``).
+    missed: Literal["latest", "all", "skip"] | None = None
+    #: Enqueue on this queue instead of the worker's.
+    queue: str | None = Field(default=None, min_length=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        from unified_jobs.scheduler.definition import check_cron
+
+        return None if value is None else check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        from unified_jobs.scheduler.definition import check_timezone
+
+        if value is not None:
+            check_timezone(value)
+        return value
+
+    @model_validator(mode="after")
+    def _when(self) -> ScheduleConfig:
+        if (self.schedule is None) == (self.every is None):
+            raise ValueError(
+                "give either schedule (a cron expression such as '0 2 * * *') or every (seconds), "
+                "not both or neither"
+            )
+        if self.every is not None and self.timezone is not None:
+            raise ValueError("timezone is for cron schedules; every ticks are time-zone free")
+        return self
+
+
+class SchedulerConfig(_Strict):
+    """The ``scheduler:`` section: recurring jobs (Loco's ``scheduler.jobs``)."""
+
+    #: App-wide policy for ticks missed while no scheduler ran: run the ``latest`` once, ``all``
+    #: of them (at most 100, the newest), or ``skip`` them.
+    missed: Literal["latest", "all", "skip"] = "latest"
+    #: Seconds between scheduler passes, at most (a pass also runs right after each tick).
+    interval: float = Field(default=1.0, gt=0, le=60)
+    jobs: dict[str, ScheduleConfig] = Field(default_factory=dict)
+
+    @field_validator("jobs", mode="before")
+    @classmethod
+    def _entries(cls, value: Any) -> Any:
+        # Checked here, entry by entry, so that an error names the schedule and the key, and
+        # lists the accepted keys.
+        from unified_jobs.scheduler.definition import check_name
+
+        if not isinstance(value, dict):
+            raise ValueError("scheduler.jobs is a mapping of schedule names to {run:, schedule:, args:}")
+        out: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, entry in value.items():
+            key = f"scheduler.jobs.{name}"
+            try:
+                check_name(name)
+            except ValueError as exc:
+                problems.append(f"{key}: {exc}")
+                continue
+            if isinstance(entry, ScheduleConfig):
+                out[name] = entry
+                continue
+            try:
+                out[name] = ScheduleConfig.model_validate(entry)
+            except ValidationError as exc:
+                for err in exc.errors():
+                    where = ".".join([key, *(str(p) for p in err["loc"])])
+                    if err["type"] == "extra_forbidden":
+                        accepted = ", ".join(ScheduleConfig.model_fields)
+                        problems.append(f"{where}: unknown key; accepted keys here: {accepted}")
+                    elif err["type"] == "literal_error":
+                        expected = err.get("ctx", {}).get("expected", "")
+                        problems.append(f"{where}: got {err['input']!r}; accepted values: {expected}")
+                    else:
+                        msg = err["msg"].removeprefix("Value error, ")
+                        got = "" if isinstance(err["input"], dict) else f" (got {err['input']!r})"
+                        problems.append(f"{where}: {msg}{got}")
+        if problems:
+            what = "an invalid schedule" if len(problems) == 1 else "invalid schedules"
+            raise ValueError(f"{what}:\n    " + "\n    ".join(problems))
+        return out
+
+
 class Config(_Strict):
     """The whole configuration file."""
 
     workers: WorkersConfig = WorkersConfig()
     queue: QueueConfig | None = None
     server: ServerConfig = ServerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
 
     @model_validator(mode="after")
     def _queue_needed(self) -> Config:

@@ -3,7 +3,6 @@ each enqueued job to the adapter the config's mode picks."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,7 @@ from unified_jobs.errors import (
     NotRegisteredError,
     ShutdownError,
 )
+from unified_jobs.scheduler import Recurring, Schedule, Scheduler, define
 from unified_jobs.worker import Worker
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class Jobs:
         if celery_app is not None:
             self.celery_bridge()  # adopt it now, so its tasks follow the mode from the start
         self._adapter = adapters.build(config.workers.mode, config, self._executor, self.celery_bridge)
+        self._recurring = self._make_recurring()
 
     @classmethod
     def from_config(
@@ -156,7 +157,7 @@ class Jobs:
         else:
             self._adapter.enqueue(job)
             return job.handle()
-        return self._holder_handle(refused[job.id], job) if refused else job.handle()
+        return self._holder_handle(refused[job.id], job, transaction) if refused else job.handle()
 
     async def aperform_later(
         self,
@@ -174,7 +175,7 @@ class Jobs:
         sync ``perform`` does)."""
         job = self._build_job(worker_cls, args, wait, run_at, queue, priority, unique_key)
         if job.unique_key is not None:
-            refused = await asyncio.to_thread(self._adapter.enqueue_unique, [job])
+            refused = await self._adapter.aenqueue_unique([job])
             return self._holder_handle(refused[job.id], job) if refused else job.handle()
         await self._adapter.aenqueue(job)
         return job.handle()
@@ -206,11 +207,15 @@ class Jobs:
         else:
             self._adapter.enqueue_many(batch)
             return [job.handle() for job in batch]
-        return [self._holder_handle(refused[j.id], j) if j.id in refused else j.handle() for j in batch]
+        return [
+            self._holder_handle(refused[j.id], j, transaction) if j.id in refused else j.handle()
+            for j in batch
+        ]
 
-    def _holder_handle(self, holder: str, job: Job) -> JobHandle:
-        """The handle of the job that holds ``job``'s unique key (from the store, where it has it)."""
-        info = self._adapter.job(holder)
+    def _holder_handle(self, holder: str, job: Job, transaction: Any = None) -> JobHandle:
+        """The handle of the job that holds ``job``'s unique key: as the store has it, except in
+        a caller's transaction (which may hold the lock a read of the store would wait for)."""
+        info = self._adapter.job(holder) if transaction is None else None
         if info is None:
             return JobHandle(holder, job.name, job.queue, job.run_at, job.priority)
         return JobHandle(holder, info.worker, info.queue, info.run_at, info.priority)
@@ -317,6 +322,96 @@ class Jobs:
         """The one place this app's jobs are validated, built and performed."""
         return self._executor
 
+    # -- recurring jobs ----------------------------------------------------------------------
+
+    def schedule(
+        self,
+        worker_cls: type[Worker[Any]],
+        args: BaseModel | dict[str, Any],
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        name: str | None = None,
+        tz: str | tzinfo | None = None,
+        missed: str | None = None,
+        tags: Iterable[str] | None = None,
+        queue: str | None = None,
+    ) -> Schedule:
+        """Run ``worker_cls`` with ``args`` on a schedule: ``cron`` (five fields, in ``tz``,
+        default UTC) or ``every`` (a timedelta; ticks at multiples of it since 1970-01-01 UTC).
+
+        ``name`` (default: the worker's name) identifies the schedule in the state every
+        scheduler shares; ``missed`` (``latest``, ``all``, ``skip``; default
+        ``scheduler.missed``) says what becomes of ticks missed while no scheduler ran;
+        ``tags`` (default: the worker's) select it for ``start --scheduler --tag``; ``queue``
+        overrides the worker's. Everything is checked now (``InvalidOptionError`` naming the
+        schedule; ``NotRegisteredError`` for an unregistered worker). A new schedule's first
+        run is its next tick. Returns the ``Schedule``.
+        """
+        if self._workers.get(getattr(worker_cls, "name", None)) is not worker_cls:  # type: ignore[arg-type]
+            raise NotRegisteredError(
+                f"schedule(): worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with "
+                f"this app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)}) first"
+            )
+        defined = define(
+            name if name is not None else worker_cls.name,
+            worker_cls,
+            args,
+            cron=cron,
+            every=every,
+            tz=tz,
+            missed=missed,
+            tags=None if tags is None else tuple(tags),
+            queue=queue,
+        )
+        self._recurring.book.add(defined)
+        if self._adapter.kind == "BackgroundAsync" and not self._closed:
+            self._recurring.start()  # the app runs its own schedule, in this process
+        return defined
+
+    def run_schedule_once(self, at: datetime | None = None) -> list[JobHandle]:
+        """One scheduler pass at ``at`` (an aware datetime; default now): enqueue each
+        schedule's due tick that no scheduler has enqueued yet, and return their handles. A
+        second pass for the same tick enqueues nothing. Works in every mode (for tests, and
+        ForegroundBlocking, which runs no scheduler of its own)."""
+        return self._recurring.run_once(at)
+
+    @property
+    def schedules(self) -> Mapping[str, Schedule]:
+        """Every schedule by name (read-only): the config's ``scheduler.jobs``, bound to their
+        workers now (``ConfigError`` if one names an unregistered worker or its args do not
+        validate), and those of ``schedule()``."""
+        return MappingProxyType(self._recurring.schedules())
+
+    def _scheduler(self, tags: Iterable[str] = ()) -> Scheduler[JobHandle]:
+        """A new scheduler over this app's schedules (those with one of ``tags``, if given),
+        for the processes that run one: ``start --worker``, ``--scheduler``, ``-s``."""
+        return self._recurring.scheduler(tuple(tags))
+
+    def _make_recurring(self) -> Recurring:
+        recurring = Recurring(
+            self.config.scheduler,
+            self._workers,
+            state=lambda: self._adapter.schedule_state(),
+            enqueue=self._enqueue_tick,
+        )
+        if self.config.scheduler.jobs and self._adapter.kind == "BackgroundAsync":
+            recurring.start()  # its first pass binds the schedules, once workers are registered
+        return recurring
+
+    def _enqueue_tick(self, schedule: Schedule, tick: datetime, transaction: Any = None) -> JobHandle:
+        # The job is due at its tick, which is past (run_at says which tick a job is for); a
+        # tick ahead of the clock (run_schedule_once(at=...) in a test) runs now all the same.
+        # ``transaction``: the state's, where winning the tick and writing its job are one.
+        run_at = tick if tick <= utcnow() else None
+        return self.perform_later(
+            self.worker(schedule.worker),
+            dict(schedule.args),
+            run_at=run_at,
+            queue=schedule.queue,
+            transaction=transaction,
+        )
+
     # -- Celery ------------------------------------------------------------------------------
 
     @property
@@ -364,6 +459,7 @@ class Jobs:
         """Stop what the app started. The BackgroundAsync pool is drained first (up to
         ``timeout`` seconds); jobs that could not run are logged by id. An adopted Celery
         app is given back: its tasks publish as plain Celery does again."""
+        self._recurring.stop()  # the BackgroundAsync scheduler thread: no more ticks
         # Jobs enqueued by running jobs while the pool drains are still taken (and drained).
         self._adapter.close(wait=wait, timeout=timeout)
         self._closed = True

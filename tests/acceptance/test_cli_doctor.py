@@ -15,6 +15,7 @@ import pytest
 
 from tests.conftest import PG_HOST, PG_PORT, REDIS_HOST, REDIS_PORT, redis_url, require_service
 from tests.procs import BIN
+from unified_jobs.adapters.sql import SCHEMA_VERSION
 
 APP = """
     from pathlib import Path
@@ -171,14 +172,15 @@ def test_sqlite_schema_is_checked_and_created_with_fix(project: Path) -> None:
 
     result = doctor(project, env={"UNIFIED_JOBS_DOCTOR_FIX": "1"})  # = --fix
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "created it (schema version 2)" in line(result.stdout, "ok    schema:")
+    assert f"created it (schema version {SCHEMA_VERSION})" in line(result.stdout, "ok    schema:")
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "unified_jobs_jobs" in tables
 
     result = doctor(project)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "table unified_jobs_jobs is at schema version 2" in line(result.stdout, "ok    schema:")
+    expected = f"table unified_jobs_jobs is at schema version {SCHEMA_VERSION}"
+    assert expected in line(result.stdout, "ok    schema:")
     assert_lists_the_workers(result.stdout)
 
 

@@ -109,7 +109,9 @@ class Harness:
 
     def records(self) -> list[dict[str, Any]]:
         text = self.record.read_text(encoding="utf-8")
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
+        # Jobs append while this reads: a last line without its newline is still being written.
+        complete = text.split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.strip()]
 
     def run_queued(self) -> None:
         """Run the jobs that wait for the test to run them (the recorder's); else nothing.

@@ -189,10 +189,10 @@ class UniqueFail(Worker[EchoArgs]):
 
 
 class BrieflyUnique(Worker[EchoArgs]):
-    """Unique by its arguments for one second only."""
+    """Unique by its arguments for two seconds only."""
 
     name = "contract.BrieflyUnique"
-    unique_for = 1.0
+    unique_for = 2.0
 
     def perform(self, args: EchoArgs) -> None:
         record(self.ctx, worker=self.name, job=self.job_id, n=args.n)

@@ -155,3 +155,5 @@ def test_status_follows_the_job(harness: Harness) -> None:
     # where delays take no time, the delayed job has run too
     assert harness.jobs.status(later) == ("scheduled" if harness.runs.waits else "completed")
     assert harness.jobs.status("no-such-job") is None
+    if harness.runs.waits:
+        assert harness.jobs.cancel(later)  # not left for the pool's shutdown to wait for

@@ -4,6 +4,7 @@ once the job ends (completed, failed, cancelled) or its ``unique_for`` is past."
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from datetime import timedelta
@@ -140,12 +141,27 @@ def test_the_key_expires_after_unique_for(harness: Harness) -> None:
         assert second.id != first.id
         return
     assert second.id == first.id
-    time.sleep(1.3)  # unique_for is one second
+    time.sleep(2.3)  # unique_for is two seconds
     third = BrieflyUnique.perform_later({"n": 10}, wait=LATER)
     assert third.id != first.id, "the key expired, though its job still waits"
     assert harness.jobs.status(first) == "scheduled", "expiry frees the key, it does not touch the job"
     for handle in (first, third):
         assert harness.jobs.cancel(handle)
+
+
+def test_aperform_later_with_a_unique_key(harness: Harness) -> None:
+    async def enqueue() -> tuple[str, str]:
+        first = await Echo.aperform_later({"n": 20}, unique_key="async-1", wait=LATER)
+        second = await Echo.aperform_later({"n": 21}, unique_key="async-1", wait=LATER)
+        return first.id, second.id
+
+    first, second = asyncio.run(enqueue())
+    if harness.runs.at_enqueue:
+        assert first != second
+        assert [r["args"]["n"] for r in harness.wait_for_count(2)] == [20, 21]
+        return
+    assert second == first
+    assert harness.jobs.cancel(first)
 
 
 def test_perform_all_later_gives_duplicates_the_first_ones_handle(harness: Harness) -> None:

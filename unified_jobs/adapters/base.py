@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,9 +14,12 @@ from unified_jobs.core.job import Job, JobInfo, JobStatus, new_job_id
 from unified_jobs.core.store import JobStore
 
 if TYPE_CHECKING:
+    from unified_jobs.scheduler.state import ScheduleState
     from unified_jobs.worker import Worker
 
-__all__ = ["Adapter", "Capabilities"]
+__all__ = ["Adapter", "Capabilities", "describe"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,22 @@ class Adapter(ABC):
         refused = self.store.claim_unique(jobs)
         taken = [job for job in jobs if job.id not in refused] if refused else jobs
         try:
-            if len(taken) == 1:
-                self.enqueue(taken[0])
-            elif taken:
-                self.enqueue_many(taken)
+            self.enqueue_all(taken)
         except BaseException:
             self.store.release_unique(taken)  # only keys these jobs still hold
             raise
         return refused
+
+    async def aenqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
+        """Async form of ``enqueue_unique``; by default in a thread."""
+        return await asyncio.to_thread(self.enqueue_unique, jobs)
+
+    def enqueue_all(self, jobs: list[Job]) -> None:
+        """``enqueue`` for one job, ``enqueue_many`` for more, nothing for none."""
+        if len(jobs) == 1:
+            self.enqueue(jobs[0])
+        elif jobs:
+            self.enqueue_many(jobs)
 
     def enqueue_in_transaction(self, transaction: Any, jobs: list[Job]) -> dict[str, str]:
         """Enqueue ``jobs`` once ``transaction`` (a SQLAlchemy connection or session) commits,
@@ -85,16 +97,15 @@ class Adapter(ABC):
         none; they are checked at the commit)."""
         from unified_jobs.adapters.transactions import after_commit
 
-        after_commit(transaction, lambda: self._enqueue_committed(jobs), what=_describe(jobs))
+        after_commit(transaction, lambda: self._enqueue_committed(jobs), what=describe(jobs))
         return {}
 
     def _enqueue_committed(self, jobs: list[Job]) -> None:
-        if any(job.unique_key is not None for job in jobs):
-            self.enqueue_unique(jobs)
-        elif len(jobs) == 1:
-            self.enqueue(jobs[0])
-        else:
-            self.enqueue_many(jobs)
+        if not any(job.unique_key is not None for job in jobs):
+            self.enqueue_all(jobs)
+            return
+        for job_id, holder in self.enqueue_unique(jobs).items():
+            logger.info("job %s was not enqueued at the commit: job %s holds its unique key", job_id, holder)
 
     def on_register(self, worker_cls: type[Worker[Any]]) -> None:  # noqa: B027 - optional hook
         """Called for each worker registered with the app."""
@@ -138,3 +149,23 @@ class Adapter(ABC):
     @abstractmethod
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         """Stop; with ``wait``, let accepted jobs finish first (up to ``timeout`` seconds)."""
+
+    def schedule_state(self) -> ScheduleState:
+        """Where the scheduler keeps each schedule's last tick (made on first use, then kept)."""
+        state: ScheduleState | None = self.__dict__.get("_schedule_state")
+        if state is None:
+            state = self.__dict__.setdefault("_schedule_state", self._make_schedule_state())
+        return state
+
+    def _make_schedule_state(self) -> ScheduleState:
+        """In memory here, so per process; queue adapters keep it in the queue's own store."""
+        from unified_jobs.scheduler.state import MemoryScheduleState
+
+        return MemoryScheduleState()
+
+
+def describe(jobs: list[Job]) -> str:
+    """``job <id> (<worker>)``, or ``<n> jobs of <worker>``, for messages."""
+    if len(jobs) == 1:
+        return f"job {jobs[0].id} ({jobs[0].name})"
+    return f"{len(jobs)} jobs of {jobs[0].name}" if jobs else "no jobs"

@@ -70,6 +70,18 @@ class InlineAdapter(Adapter):
         self.store.record_enqueued([job])
         await arun_inline(self.executor, self.store, job)
 
+    async def aenqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
+        # As aenqueue: the jobs run in the caller's own loop.
+        refused = self.store.claim_unique(jobs)
+        try:
+            for job in jobs:
+                if job.id not in refused:
+                    await self.aenqueue(job)
+        except BaseException:
+            self.store.release_unique(jobs)
+            raise
+        return refused
+
     def cancel(self, job_id: str) -> bool:
         return self.store.cancel(job_id) or self.executor.cancel(job_id)
 

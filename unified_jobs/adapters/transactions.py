@@ -6,11 +6,13 @@ through the caller's connection, in its transaction (``connection_of``). Everywh
 jobs wait in memory beside the transaction and are enqueued right after it commits, or dropped
 when it rolls back (``after_commit``), as Django's ``transaction.on_commit`` does.
 
-A ``Session`` uses its own ``after_commit`` / ``after_rollback`` events. A Core ``Connection``
-has no "after commit" event, only ``commit``, which runs just before the database commits; there
-the handler commits the database transaction itself first (SQLAlchemy's own commit that follows
-then has nothing left to do), so the jobs are enqueued only once the data is committed, and a
-commit that fails enqueues nothing.
+A ``Session`` uses its own events (``after_commit``; ``after_soft_rollback``, which also tells
+of a rolled-back savepoint; ``after_transaction_end``, for a session closed without a commit). A
+Core ``Connection`` has no "after commit" event, only ``commit``, which runs just before the
+database commits; there the handler commits the database transaction itself first
+(SQLAlchemy's own commit that follows then has nothing left to do), so the jobs are enqueued
+only once the data is committed, and a commit that fails enqueues nothing. Jobs enqueued in a
+savepoint (``begin_nested()``) that is rolled back are dropped with it, on both.
 """
 
 from __future__ import annotations
@@ -63,41 +65,86 @@ def connection_of(transaction: Any) -> Connection:
     return checked.connection() if isinstance(checked, Session) else checked
 
 
-# What waits for a commit: per Session or Connection, its callbacks in order. Weak keys: an
-# object that is garbage-collected took its uncommitted transaction (and the jobs) with it.
-_pending: weakref.WeakKeyDictionary[Any, list[tuple[Callable[[], None], str]]] = weakref.WeakKeyDictionary()
+# What waits for a commit: per Session or Connection, its jobs in order, each with the
+# (sub)transaction it was enqueued in. Weak keys: an object that is garbage-collected took its
+# uncommitted transaction (and the jobs) with it.
+_Entry = tuple[Callable[[], None], str, Any]
+_pending: weakref.WeakKeyDictionary[Any, list[_Entry]] = weakref.WeakKeyDictionary()
 _listened: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
 def after_commit(transaction: Any, callback: Callable[[], None], *, what: str) -> None:
     """Run ``callback`` (which enqueues ``what``) once ``transaction`` commits; never if it
-    rolls back. A callback that fails raises ``EnqueueError`` from the commit (the data is
-    committed by then; the message says so)."""
+    rolls back, or if the savepoint it was enqueued in is rolled back. A callback that fails
+    raises ``EnqueueError`` from the commit (the data is committed by then; the message says
+    so)."""
     target = _check(transaction)
+    scope = _scope(target)
     with _lock:
         if target not in _listened:
             _listen(target)
             _listened.add(target)
-        _pending.setdefault(target, []).append((callback, what))
+        _pending.setdefault(target, []).append((callback, what, scope))
+
+
+def _scope(target: Session | Connection) -> Any:
+    """Where a job is enqueued: a Session's innermost SessionTransaction; a Connection's open
+    savepoint names, innermost first (empty outside any savepoint)."""
+    if isinstance(target, Session):
+        return target.get_nested_transaction() or target.get_transaction()
+    names = []
+    nested = target.get_nested_transaction()
+    while nested is not None:
+        names.append(getattr(nested, "_savepoint", None))
+        nested = getattr(nested, "_previous_nested", None)
+    return tuple(names)
 
 
 def _listen(target: Session | Connection) -> None:
     if isinstance(target, Session):
         event.listen(target, "after_commit", _session_committed)
-        event.listen(target, "after_rollback", _dropped)
+        event.listen(target, "after_soft_rollback", _session_rolled_back)
+        event.listen(target, "after_transaction_end", _session_ended)
     else:
         event.listen(target, "commit", _connection_committing)
-        event.listen(target, "rollback", _dropped)
+        event.listen(target, "rollback", _connection_rolled_back)
+        event.listen(target, "rollback_savepoint", _savepoint_rolled_back)
 
 
-def _take(target: Any) -> list[tuple[Callable[[], None], str]]:
+def _take(target: Any, ended: Callable[[Any], bool] = lambda scope: True) -> list[_Entry]:
+    """Remove and return the entries of ``target`` whose scope ``ended``."""
     with _lock:
-        return _pending.pop(target, None) or []
+        entries = _pending.get(target)
+        if not entries:
+            return []
+        taken = [e for e in entries if ended(e[2])]
+        kept = [e for e in entries if not ended(e[2])]
+        if kept:
+            _pending[target] = kept
+        else:
+            del _pending[target]
+        return taken
 
 
 def _session_committed(session: Session) -> None:
     _run(_take(session))
+
+
+def _session_rolled_back(session: Session, previous: Any) -> None:
+    def inside(scope: Any) -> bool:  # the rolled-back transaction, or one nested in it
+        while scope is not None:
+            if scope is previous:
+                return True
+            scope = scope.parent
+        return False
+
+    _dropped(_take(session, inside))
+
+
+def _session_ended(session: Session, transaction: Any) -> None:
+    if transaction.parent is None:  # the session's transaction ended without a commit (close())
+        _dropped(_take(session))
 
 
 def _connection_committing(conn: Connection) -> None:
@@ -112,15 +159,23 @@ def _connection_committing(conn: Connection) -> None:
     _run(waiting)
 
 
-def _dropped(target: Any) -> None:
-    for _callback, what in _take(target):
+def _connection_rolled_back(conn: Connection) -> None:
+    _dropped(_take(conn))
+
+
+def _savepoint_rolled_back(conn: Connection, name: str, context: Any = None) -> None:
+    _dropped(_take(conn, lambda scope: name in scope))
+
+
+def _dropped(entries: list[_Entry]) -> None:
+    for _callback, what, _scope in entries:
         logger.info("the transaction rolled back: %s not enqueued", what)
 
 
-def _run(waiting: list[tuple[Callable[[], None], str]]) -> None:
+def _run(waiting: list[_Entry]) -> None:
     failures: list[str] = []
     first: BaseException | None = None
-    for callback, what in waiting:
+    for callback, what, _scope in waiting:
         try:
             callback()
         except Exception as exc:

@@ -134,7 +134,9 @@ from unified_jobs.cli import generate as _generate  # noqa: E402  (registers the
 from unified_jobs.cli import jobs as _jobs  # noqa: E402  (registers the command group)
 from unified_jobs.cli import jobs_files as _jobs_files  # noqa: E402  (registers its commands)
 from unified_jobs.cli import jobs_store as _jobs_store  # noqa: E402  (registers its commands)
+from unified_jobs.cli import schedules as _schedules  # noqa: E402  (registers its command)
 from unified_jobs.cli import start as _start  # noqa: E402  (registers the command)
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 del _doctor, _generate, _jobs, _jobs_files, _jobs_store, _start
+del _schedules

@@ -1,18 +1,22 @@
-"""``unified-jobs start``: a worker process (``-w``), or the web server and the workers in one
-process (``-s``)."""
+"""``unified-jobs start``: a worker process (``-w``), the web server and the workers in one
+process (``-s``), or a process that only runs the schedules (``--scheduler``). Worker processes
+(``-w``, ``-s``) run a scheduler thread too, unless ``--no-scheduler``."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import sys
+import threading
 from types import FrameType
+from typing import Any
 
 import click
 
 from unified_jobs.cli import Context, cli
 from unified_jobs.errors import MissingDependencyError, UnifiedJobsError
 from unified_jobs.jobs import Jobs
+from unified_jobs.scheduler import identity
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +29,20 @@ logger = logging.getLogger(__name__)
     "server_and_worker",
     is_flag=True,
     help="Run the app's ASGI server (uvicorn) and the job workers in this one process.",
+)
+@click.option(
+    "--scheduler",
+    "scheduler_only",
+    is_flag=True,
+    help="Run a process that only enqueues the app's recurring jobs, each tick once however many "
+    "schedulers run (--tag: only the schedules with that tag).",
+)
+@click.option(
+    "--no-scheduler",
+    "no_scheduler",
+    is_flag=True,
+    help="-w/-s: do not run a scheduler thread in this process (by default each worker process "
+    "runs one; they share the schedule state, so each tick is enqueued once).",
 )
 @click.option(
     "--queue",
@@ -40,7 +58,7 @@ logger = logging.getLogger(__name__)
     multiple=True,
     metavar="TAG",
     help="Consume the queues of the workers with this tag (repeatable). Tags select queues: "
-    "give tagged workers their own queue.",
+    "give tagged workers their own queue. With --scheduler: run only the schedules with this tag.",
 )
 @click.option(
     "--concurrency",
@@ -70,6 +88,8 @@ def start(
     obj: Context,
     worker: bool,
     server_and_worker: bool,
+    scheduler_only: bool,
+    no_scheduler: bool,
     queues: tuple[str, ...],
     tags: tuple[str, ...],
     concurrency: int | None,
@@ -90,16 +110,24 @@ def start(
     -s serves the ASGI app under uvicorn; jobs run in the in-process pool (BackgroundAsync) or
     in an embedded worker consuming the queue (BackgroundQueue). Ctrl-C / SIGTERM stops both:
     the server stops taking requests, then jobs in progress finish.
+
+    --scheduler only enqueues the recurring jobs (scheduler.jobs and jobs.schedule); -w and -s
+    run a scheduler thread as well unless --no-scheduler. Any number may run: each tick is
+    enqueued once.
     """
     if celery_args and not click.get_current_context().meta.get("unified_jobs.passthrough"):
         raise click.UsageError(
             f"unexpected argument {celery_args[0]!r}; options for `celery worker` go after `--`, "
             "e.g. unified-jobs start --worker -- --prefetch-multiplier 1"
         )
-    if worker == server_and_worker:
-        raise click.UsageError("say what to start: --worker (-w) or --server-and-worker (-s)")
+    if worker + server_and_worker + scheduler_only != 1:
+        raise click.UsageError("say what to start: --worker (-w), --server-and-worker (-s) or --scheduler")
+    if no_scheduler and scheduler_only:
+        raise click.UsageError("--no-scheduler is for -w and -s; --scheduler runs only the scheduler")
     jobs = obj.jobs()
-    if worker:
+    if scheduler_only:
+        run_scheduler(jobs, tags=tags, loglevel=loglevel)
+    elif worker:
         run_worker(
             jobs,
             queues=queues,
@@ -109,6 +137,7 @@ def start(
             loglevel=loglevel,
             hostname=hostname,
             celery_args=celery_args,
+            scheduler=not no_scheduler,
         )
     else:
         run_server_and_worker(
@@ -120,6 +149,7 @@ def start(
             tags=tags,
             concurrency=concurrency,
             loglevel=loglevel,
+            scheduler=not no_scheduler,
         )
 
 
@@ -171,8 +201,11 @@ def run_worker(
     loglevel: str = "INFO",
     hostname: str | None = None,
     celery_args: tuple[str, ...] = (),
+    scheduler: bool = True,
 ) -> None:
-    """Run a Celery worker for the app in the foreground (what ``start --worker`` does)."""
+    """Run a Celery worker for the app in the foreground (what ``start --worker`` does), with a
+    scheduler thread in its main process if the app has schedules (unless ``scheduler`` is
+    false)."""
     if jobs.mode != "BackgroundQueue":
         where = "in the calling thread" if jobs.mode == "ForegroundBlocking" else "inside your app's process"
         raise UnifiedJobsError(
@@ -195,6 +228,11 @@ def run_worker(
     if hostname:
         argv += ["--hostname", hostname]
     argv += list(celery_args)
+    if scheduler and _schedules_to_run(jobs):
+        from unified_jobs.adapters.celery.worker_scheduler import with_worker
+
+        thread = jobs._scheduler()
+        with_worker(jobs.celery, thread.start, thread.stop)
     jobs.celery.worker_main(argv=argv)
     sys.exit(0)
 
@@ -209,8 +247,10 @@ def run_server_and_worker(
     tags: tuple[str, ...] = (),
     concurrency: int | None = None,
     loglevel: str = "INFO",
+    scheduler: bool = True,
 ) -> None:
-    """Serve the ASGI app with uvicorn, and run the jobs in this process too."""
+    """Serve the ASGI app with uvicorn, and run the jobs in this process too (and a scheduler
+    thread, unless ``scheduler`` is false; BackgroundAsync apps run their own)."""
     try:
         import uvicorn
     except ImportError:
@@ -228,6 +268,9 @@ def run_server_and_worker(
     asgi = import_string(spec, what="--server")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     embedded = None
+    thread = None
+    if jobs.mode == "BackgroundQueue" and scheduler and _schedules_to_run(jobs):
+        thread = jobs._scheduler()
     if jobs.mode == "BackgroundQueue":
         from unified_jobs.adapters.celery.embedded import EmbeddedWorker
 
@@ -235,6 +278,8 @@ def run_server_and_worker(
         _flush_if_asked(jobs, selected)
         embedded = EmbeddedWorker(jobs, concurrency=_worker_concurrency(jobs, concurrency), queues=selected)
         embedded.start()
+        if thread is not None:
+            thread.start()
     elif jobs.mode != "BackgroundAsync":
         logger.warning("workers.mode is %s: jobs run inline, in the request that enqueues them", jobs.mode)
 
@@ -258,6 +303,8 @@ def run_server_and_worker(
         server.run()  # returns on Ctrl-C / SIGTERM, once requests in flight are done
     finally:
         logger.info("server stopped; finishing jobs")
+        if thread is not None:
+            thread.stop()
         if embedded is not None:
             embedded.stop()
         jobs.shutdown(wait=True, timeout=jobs.config.workers.shutdown_timeout)
@@ -265,3 +312,52 @@ def run_server_and_worker(
         raise UnifiedJobsError(
             f"the server did not start on {server.config.host}:{server.config.port} (see the log above)"
         )
+
+
+def _schedules_to_run(jobs: Jobs) -> bool:
+    """Whether the app has schedules; they are bound now, so a config schedule naming an
+    unregistered worker (or with args that do not validate) stops the start with its error."""
+    return bool(jobs.schedules)
+
+
+def run_scheduler(jobs: Jobs, *, tags: tuple[str, ...] = (), loglevel: str = "INFO") -> None:
+    """Run scheduler passes in the foreground until SIGTERM / Ctrl-C (``start --scheduler``)."""
+    if jobs.mode != "BackgroundQueue":
+        raise UnifiedJobsError(
+            f"workers.mode is {jobs.mode}: there is no queue for a scheduler process to enqueue to "
+            + (
+                "(a BackgroundAsync app runs its schedules itself, in its own process)"
+                if jobs.mode == "BackgroundAsync"
+                else "(in ForegroundBlocking, call jobs.run_schedule_once() where a pass should run)"
+            )
+            + "; set workers.mode: BackgroundQueue (with a queue: section) to run scheduler processes"
+        )
+    schedules = jobs.schedules  # bound and checked now: an error stops the start
+    if not schedules:
+        raise UnifiedJobsError(
+            "the app has no schedules to run: add scheduler.jobs to the config, or call "
+            "jobs.schedule(...) where the app registers its workers"
+        )
+    scheduler = jobs._scheduler(tags)
+    selected = scheduler.selected()
+    if not selected:
+        known = sorted({t for s in schedules.values() for t in s.tags})
+        raise UnifiedJobsError(
+            f"no schedule has tag {', '.join(tags)} (tags in use: {', '.join(known) or 'none'})"
+        )
+    logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    click.echo(
+        f"scheduler ready as {identity()}: {len(selected)} schedule(s): "
+        + ", ".join(f"{s.name} ({s.expression})" for s in selected),
+        err=True,
+    )
+    scheduler.run_forever(stop)
+    click.echo("scheduler stopped", err=True)
+    jobs.shutdown(wait=True, timeout=jobs.config.workers.shutdown_timeout)

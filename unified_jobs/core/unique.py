@@ -22,10 +22,11 @@ def unique_key(worker: str, explicit: str | None, kwargs_json: str) -> str:
     of the arguments' JSON (which pydantic writes the same way for equal arguments). Keys are
     per worker, so two workers never share one."""
     if explicit is None:
-        return f"{worker}:args:{hashlib.sha256(kwargs_json.encode()).hexdigest()[:32]}"
-    if not isinstance(explicit, str) or not explicit:
+        key = f"{worker}:args:{hashlib.sha256(kwargs_json.encode()).hexdigest()[:32]}"
+    elif not isinstance(explicit, str) or not explicit:
         raise InvalidOptionError(f"unique_key= takes a non-empty string, got {explicit!r}")
-    key = f"{worker}:{explicit}"
+    else:
+        key = f"{worker}:{explicit}"
     if len(key) > KEY_LIMIT:
         key = f"{worker[:100]}:sha256:{hashlib.sha256(key.encode()).hexdigest()}"
     return key

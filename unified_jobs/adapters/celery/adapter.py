@@ -9,10 +9,10 @@ import json
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kombu.exceptions import OperationalError
+from kombu.exceptions import BatchPublishError, OperationalError
 
 from unified_jobs._uri import mask_uri
-from unified_jobs.adapters.base import Adapter, Capabilities
+from unified_jobs.adapters.base import Adapter, Capabilities, describe
 from unified_jobs.adapters.sql.publishing import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, publishing
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import TAGS_HEADER, Job
@@ -21,6 +21,7 @@ from unified_jobs.errors import EnqueueError
 if TYPE_CHECKING:
     from unified_jobs.adapters.celery.app import CeleryBridge
     from unified_jobs.adapters.celery.kinds import QueueKind
+    from unified_jobs.scheduler.state import ScheduleState
 
 __all__ = ["CeleryQueueAdapter"]
 
@@ -61,7 +62,7 @@ class CeleryQueueAdapter(Adapter):
             with app.producer_or_acquire() as producer, producer.batch(max_size=2 * len(jobs) + 1):
                 for job in jobs:
                     self._publish(job, producer)
-        except (OperationalError, OSError) as exc:
+        except (OperationalError, OSError, BatchPublishError) as exc:
             self._forget(jobs)
             raise self._error(f"{len(jobs)} jobs", exc) from None
 
@@ -70,10 +71,7 @@ class CeleryQueueAdapter(Adapter):
             return super().enqueue_unique(jobs)  # the job store takes the keys first
         # The queue's unique index decides, row by row, as the rows are inserted.
         with publishing() as state:
-            if len(jobs) == 1:
-                self.enqueue(jobs[0])
-            else:
-                self.enqueue_many(jobs)
+            self.enqueue_all(jobs)
         return state.refused
 
     def enqueue_in_transaction(self, transaction: Any, jobs: list[Job]) -> dict[str, str]:
@@ -81,7 +79,7 @@ class CeleryQueueAdapter(Adapter):
         if connection is None:
             return super().enqueue_in_transaction(transaction, jobs)  # after the commit
         # The queue is the caller's database: the rows are written in the caller's transaction.
-        what = f"job {jobs[0].id} ({jobs[0].name})" if len(jobs) == 1 else f"{len(jobs)} jobs"
+        what = describe(jobs)
         with publishing(connection) as state:
             try:
                 for job in jobs:
@@ -132,4 +130,12 @@ class CeleryQueueAdapter(Adapter):
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         # Nothing to drain: jobs are in the broker. kombu's producer pools are process-wide
         # (shared by every app on the same broker URL), so they are left for the process' exit.
-        return None
+        state = self.__dict__.get("_schedule_state")
+        if state is not None:
+            state.close()
+
+    def _make_schedule_state(self) -> ScheduleState:
+        """The queue kind's schedule state, in the queue's own store, shared by every scheduler
+        of the queue."""
+        state: ScheduleState = self._kind.make_schedule_state()
+        return state

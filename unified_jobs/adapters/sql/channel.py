@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 from kombu.transport import virtual
+from kombu.transport.virtual.base import queue_declare_ok_t  # type: ignore[attr-defined]
 from sqlalchemy.engine import Row
 
 from unified_jobs.adapters.sql import publishing
@@ -142,12 +143,13 @@ class Channel(virtual.Channel):
             unique_key=_text(headers.get(publishing.UNIQUE_HEADER)),
             unique_until=_until(headers.get(publishing.UNIQUE_UNTIL_HEADER)),
             connection=state.connection if state is not None else None,
+            # Only a caller that hears of it may be refused: a retry republished by a worker
+            # whose key another job took over (past unique_for) is inserted without the key.
+            refuse=state is not None and task_id is not None,
         )
         if holder is not None:
-            if state is not None and task_id is not None:
-                state.refused[task_id] = holder
-            else:  # only our adapter sets the header, and it always listens
-                logger.warning("job %s was not enqueued: job %s holds its unique key", task_id, holder)
+            assert state is not None and task_id is not None
+            state.refused[task_id] = holder
             return
         poke_local(self.connection.local_key)
 
@@ -157,6 +159,15 @@ class Channel(virtual.Channel):
             if payload is not None:
                 return payload
         raise Empty()
+
+    def queue_declare(self, queue: str | None = None, passive: bool = False, **kwargs: Any) -> Any:
+        """Queues are implicit; a passive declare (``jobs list``, ``celery inspect``) counts the
+        queue's jobs, a plain one (before a publish) does not: counting is a transaction of its
+        own, which a publish in the caller's SQLite transaction would wait on for its lock."""
+        if passive or queue is None:
+            return super().queue_declare(queue, passive, **kwargs)  # type: ignore[no-untyped-call]
+        self._new_queue(queue, **kwargs)
+        return queue_declare_ok_t(queue, 0, 0)
 
     def _purge(self, queue: str) -> int:
         return self.leases.purge(queue)

@@ -116,12 +116,16 @@ class Leases:
         unique_key: str | None = None,
         unique_until: datetime | None = None,
         connection: Connection | None = None,
+        refuse: bool = True,
     ) -> str | None:
         """Insert one ``queued`` row, committed at once, or in ``connection``'s transaction.
 
         With a ``unique_key``: nothing is inserted while another job's queued or processing row
         holds it, and that job's task id is returned. A key past its ``unique_until``, or held by
-        an earlier row of the same task id (a retry being republished), is taken over.
+        an earlier row of the same task id (a retry being republished), is taken over. Without
+        ``refuse`` (a publish nobody is there to tell, such as a worker republishing a retry),
+        a key held by another job is not taken and the row is inserted without one: a message
+        is never dropped.
         """
         params = {
             "queue": queue,
@@ -133,12 +137,12 @@ class Leases:
             "now": now,
         }
         if connection is not None:
-            return self._insert(connection, params, unique_key, unique_until)
+            return self._insert(connection, params, unique_key, unique_until, refuse)
         with self.engine.begin() as conn:
-            return self._insert(conn, params, unique_key, unique_until)
+            return self._insert(conn, params, unique_key, unique_until, refuse)
 
     def _insert(
-        self, conn: Connection, params: dict[str, Any], key: str | None, until: datetime | None
+        self, conn: Connection, params: dict[str, Any], key: str | None, until: datetime | None, refuse: bool
     ) -> str | None:
         if key is None:
             conn.execute(self.q.enqueue, params)
@@ -152,7 +156,10 @@ class Leases:
                 continue  # it ended in between: try again
             expired = holder.unique_until is not None and aware(holder.unique_until) <= params["now"]
             if holder.task_id != params["task_id"] and not expired:
-                return str(holder.task_id)
+                if refuse:
+                    return str(holder.task_id)
+                conn.execute(self.q.enqueue, {k: v for k, v in params.items() if not k.startswith("unique")})
+                return None
             conn.execute(self.q.unique_free, {"holder_id": holder.id})
         raise RuntimeError(f"unique key {key!r} changed hands five times during one enqueue")
 

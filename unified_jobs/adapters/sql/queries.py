@@ -32,7 +32,15 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.sql.dml import Insert
 
-from unified_jobs.adapters.sql.schema import CANCELLED, COMPLETED, FAILED, PROCESSING, QUEUED, Tables
+from unified_jobs.adapters.sql.schema import (
+    CANCELLED,
+    COMPLETED,
+    FAILED,
+    PROCESSING,
+    QUEUED,
+    UNIQUE_HOLDERS,
+    Tables,
+)
 
 __all__ = [
     "AdminQueries",
@@ -134,9 +142,7 @@ def queries_for(t: Tables, dialect: str) -> Queries:
     cleared = {"lease_owner": None, "lease_expires_at": None}
     expired = (c.status == PROCESSING) & (c.lease_expires_at < now)
 
-    # The partial index's own predicate, as literal SQL: the database infers the index from it
-    # (bound parameters there would not match it).
-    holds_key = text(f"unique_key IS NOT NULL AND status IN ('{QUEUED}', '{PROCESSING}')")
+    holds_key = text(UNIQUE_HOLDERS)  # the partial index's own predicate, word for word
     dialect_insert = pg_insert if dialect == "postgresql" else sqlite_insert
     enqueue_unique = (
         dialect_insert(j)

@@ -62,6 +62,11 @@ CANCELLED = "cancelled"
 #: Every status a job row can have (Loco's names).
 STATUSES = (QUEUED, PROCESSING, COMPLETED, FAILED, CANCELLED)
 
+#: The rows the unique index covers: those whose job waits or runs and has a key. Literal SQL,
+#: so that the enqueue's ``ON CONFLICT ... WHERE`` can repeat it word for word (a database
+#: infers the partial index from that predicate; bound parameters would not match).
+UNIQUE_HOLDERS = f"unique_key IS NOT NULL AND status IN ('{QUEUED}', '{PROCESSING}')"
+
 # Lower-case identifiers only: they are used unquoted in DDL and as the NOTIFY channel name.
 _PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 
@@ -144,7 +149,7 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         sqlite_where=processing,
     )
     Index(f"{prefix}jobs_task_id_idx", jobs.c.task_id)
-    holds_key = jobs.c.unique_key.isnot(None) & jobs.c.status.in_([QUEUED, PROCESSING])
+    holds_key = text(UNIQUE_HOLDERS)
     Index(
         f"{prefix}jobs_unique_idx",
         jobs.c.unique_key,

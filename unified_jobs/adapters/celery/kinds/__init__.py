@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 if TYPE_CHECKING:
     from unified_jobs.config import QueueConfig, WorkersConfig
     from unified_jobs.core.store import JobStore
+    from unified_jobs.scheduler.state import ScheduleState
 
 __all__ = ["KINDS", "Check", "QueueKind", "kind_for"]
 
@@ -93,6 +94,16 @@ class QueueKind(ABC):
         with app.connection_for_write() as conn:
             channel = conn.default_channel
             return {name: int(channel.queue_purge(name) or 0) for name in names}
+
+    def make_schedule_state(self) -> ScheduleState:
+        """Where the schedulers of this queue compare-and-set each schedule's last tick: in the
+        queue's own store, so that every scheduler process of the queue shares it."""
+        from unified_jobs.errors import BackendNotAvailableError
+
+        raise BackendNotAvailableError(
+            f"queue kind {self.queue.kind} keeps no schedule state, so recurring jobs cannot run on "
+            f"it; implement {type(self).__name__}.make_schedule_state()"
+        )
 
 
 def kind_for(queue: QueueConfig, workers: WorkersConfig) -> QueueKind:

@@ -302,6 +302,13 @@ class RabbitMQKind(QueueKind):
                     _close_quietly(channel)
         return purged
 
+    def make_schedule_state(self) -> Any:  # a ScheduleState (annotated so in QueueKind)
+        # Beside the job records, in the Redis job store (RabbitMQ keeps messages only).
+        from unified_jobs.adapters.celery.kinds.redis_schedules import RedisScheduleState
+
+        assert self.queue.store_uri is not None  # the config requires it
+        return RedisScheduleState(self.queue.store_uri)
+
 
 def _ready(conn: Any, name: str) -> int:
     """Messages ready in a queue (a passive declare; 0 for a queue that does not exist)."""

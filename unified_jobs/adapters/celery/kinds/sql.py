@@ -242,6 +242,33 @@ class SqlKind(QueueKind):
             return [*checks, ("fail", "schema", f"could not create table {name}: {cause}")]
         return [*checks, ("ok", "schema", f"table {name} was {state}; created it (schema version {version})")]
 
+    def make_schedule_state(self) -> Any:  # a ScheduleState (annotated so in QueueKind)
+        from unified_jobs.adapters.sql.schedules import SqlScheduleState
+
+        return SqlScheduleState(self.queue.uri, self.queue.table_prefix)
+
+
+def _same_database(url: Any, queue_uri: str) -> bool:
+    """Whether a connection to ``url`` reaches the queue's database: the same SQLite file, or
+    the same Postgres host, port and database name (as written in the two URIs)."""
+    from sqlalchemy.engine import make_url
+
+    from unified_jobs.adapters.sql.engine import normalize_db_url
+
+    ours = make_url(normalize_db_url(queue_uri))
+    backend = url.get_backend_name()
+    if backend != ours.get_backend_name():
+        return False
+    if backend == "sqlite":
+        theirs, mine = url.database or "", ours.database or ""
+        if theirs in ("", ":memory:") or mine in ("", ":memory:"):
+            return False
+        return os.path.realpath(theirs) == os.path.realpath(mine)
+    return bool(
+        (url.host or "localhost", url.port or 5432, url.database)
+        == (ours.host or "localhost", ours.port or 5432, ours.database)
+    )
+
 
 def _sqlite_file_to_come(where: str, database: Path) -> Check:
     """A SQLite queue whose file does not exist yet: fine if it can be created there."""
