@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -121,5 +122,21 @@ def test_what_is_not_a_transaction_is_refused(harness: Harness, engine: Engine) 
         Echo.perform_later({"n": 7}, transaction=object())
     with engine.connect() as conn, pytest.raises(InvalidOptionError, match="not in a transaction"):
         Echo.perform_later({"n": 8}, transaction=conn)
+    settle(harness, 0.5)
+    assert harness.records() == []
+
+
+def test_a_duplicate_in_a_transaction_is_not_enqueued(harness: Harness, engine: Engine) -> None:
+    """A key held by a waiting job: in the caller's transaction (the SQL kinds, same database)
+    the call gets the holder's handle; where the job is enqueued after the commit, the key is
+    checked then, and the duplicate is not enqueued (its handle names no job)."""
+    if harness.runs.at_enqueue:
+        pytest.skip(f"jobs run {harness.runs.where}: a key is free again when perform_later returns")
+    first = Echo.perform_later({"n": 30}, unique_key="txn-dup", wait=timedelta(minutes=1))
+    with engine.begin() as conn:
+        second = Echo.perform_later({"n": 31}, unique_key="txn-dup", transaction=conn)
+    assert second.id == first.id or harness.jobs.status(second) is None
+    assert harness.jobs.status(first) == "scheduled"
+    assert harness.jobs.cancel(first)
     settle(harness, 0.5)
     assert harness.records() == []

@@ -4,6 +4,7 @@ state, config validation and the errors that name the schedule."""
 from __future__ import annotations
 
 import threading
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -306,9 +307,13 @@ def test_an_unknown_worker_or_bad_args_fail_at_binding() -> None:
 
 def test_background_async_runs_its_own_scheduler_thread_until_shutdown() -> None:
     jobs = app(mode="BackgroundAsync")
-    jobs.schedule(Report, {"day": "d"}, every=timedelta(seconds=1), name="bg")
+    jobs.schedule(Report, {"day": "background"}, every=timedelta(seconds=1), name="bg")
     thread = jobs._recurring._thread
     assert thread is not None and thread.running
+    deadline = time.monotonic() + 5  # a new schedule's first run is its next tick: within 1 s
+    while "background" not in ran and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "background" in ran, "the app's own scheduler thread enqueued no tick"
     jobs.shutdown()
     assert not thread.running
 
