@@ -308,3 +308,32 @@ def test_sigterm_is_a_warm_shutdown(setup: tuple[Path, dict[str, str]], workers:
     done = lambda: {r["job"] for r in read_records(record) if r["worker"] == "sleep_end"} == set(ids)  # noqa: E731
     assert wait_until(done, timeout=30), second.output()[-2000:]
     jobs.shutdown()
+
+
+def test_a_unique_key_claimed_by_an_enqueuer_that_died_is_free_once_its_record_expires(
+    setup: tuple[Path, dict[str, str]],
+) -> None:
+    """The claim and the publish are two steps on Redis: an enqueuer that dies between them
+    leaves a record with only the key, which expires (CLAIM_TTL), and then frees the key."""
+    from tests.contract.contract_app import UniqueEcho
+    from unified_jobs.adapters.celery.kinds.redis import CLAIM_TTL, RedisJobStore
+
+    record, _ = setup
+    jobs = create_app(config(), str(record))
+    try:
+        store = jobs.adapter.store
+        assert isinstance(store, RedisJobStore)
+        orphan = jobs._build_job(UniqueEcho, {"n": 1}, None, None, None, None)
+        assert store.claim_unique([orphan]) == {}  # ... and the enqueuer died here
+        ttl = store.client.ttl(store.key(orphan.id))
+        assert 0 < ttl <= CLAIM_TTL, "the orphan's record expires"
+        again = UniqueEcho.perform_later({"n": 1})
+        assert again.id == orphan.id, "until it expires, the key is held"
+        store.client.delete(store.key(orphan.id))  # as its expiry does
+        fresh = UniqueEcho.perform_later({"n": 1})
+        assert fresh.id != orphan.id
+        assert jobs.status(fresh) == "queued"
+        # A job that was enqueued keeps its own record's life, not the claim's.
+        assert store.client.ttl(store.key(fresh.id)) > CLAIM_TTL
+    finally:
+        jobs.shutdown()

@@ -150,7 +150,12 @@ class Scheduler(Generic[T]):
                 if strict:
                     first_error = first_error or exc
                 else:
-                    logger.exception("schedule %s: the scheduler pass failed", schedule.name)
+                    logger.exception(
+                        "schedule %s: the scheduler pass failed; a tick it won and could not enqueue "
+                        "is tried again at the next pass where the schedule state is the queue's SQL "
+                        "database, and lost elsewhere (the next ticks run as planned)",
+                        schedule.name,
+                    )
         if first_error is not None:
             raise first_error
         return done
@@ -193,21 +198,12 @@ class Scheduler(Generic[T]):
                 todo.run[-1].isoformat(),
             )
         for tick in todo.run:
-            try:
-                job = state.claim(
-                    schedule.name,
-                    tick,
-                    who,
-                    lambda transaction, tick=tick: self._enqueue(schedule, tick, transaction),  # type: ignore[misc]
-                )
-            except Exception:
-                logger.error(
-                    "schedule %s: tick %s could not be enqueued (where the state and the queue are one "
-                    "database it is tried again at the next pass; elsewhere it is lost)",
-                    schedule.name,
-                    tick.isoformat(),
-                )
-                raise
+            job = state.claim(
+                schedule.name,
+                tick,
+                who,
+                lambda transaction, tick=tick: self._enqueue(schedule, tick, transaction),  # type: ignore[misc]
+            )
             if job is None:
                 continue  # another scheduler has it (or a newer one)
             job_id = str(getattr(job, "id", job))
