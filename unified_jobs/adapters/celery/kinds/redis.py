@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -126,10 +126,31 @@ class RedisJobStore(JobStore):
         self._cancel = self.client.register_script(_CANCEL)
         self._claim_unique = self.client.register_script(_CLAIM_UNIQUE)
         self._release_unique = self.client.register_script(_RELEASE_UNIQUE)
+        self._scripts_loaded = False
 
     @staticmethod
     def key(job_id: str) -> str:
         return f"{PREFIX}job:{job_id}"
+
+    def _in_pipeline(self, pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
+        """``script`` as an ``EVALSHA`` queued in ``pipe``. Not redis-py's ``script(client=pipe)``:
+        that makes every ``pipe.execute()`` ask ``SCRIPT EXISTS`` first, one more round trip per
+        job. The scripts are loaded once per process instead, and again after a ``NoScriptError``
+        (a restarted Redis), which the callers handle."""
+        if not self._scripts_loaded:
+            for loaded in (self._claim_unique, self._release_unique):
+                self.client.script_load(loaded.script)
+            self._scripts_loaded = True
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _execute(self, pipe: Any, again: Callable[[], Any]) -> Any:
+        """``pipe.execute()``; after a ``NoScriptError``, load the scripts and run ``again()``
+        (what the script part must still do)."""
+        try:
+            return pipe.execute()
+        except redis.exceptions.NoScriptError:
+            self._scripts_loaded = False
+            return again()
 
     # -- unique jobs -------------------------------------------------------------------------
 
@@ -137,23 +158,30 @@ class RedisJobStore(JobStore):
         unique = [job for job in jobs if job.unique_key is not None]
         if not unique:
             return {}
-        pipe = self.client.pipeline(transaction=False)
-        for job in unique:
-            ttl_ms = max(1, int((job.unique_for or 0.0) * 1000))
-            keys = [f"{PREFIX}unique:{job.unique_key}", self.key(job.id)]
-            self._claim_unique(keys=keys, args=[job.id, ttl_ms, f"{PREFIX}job:", CLAIM_TTL], client=pipe)
+
+        def claims() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for job in unique:
+                ttl_ms = max(1, int((job.unique_for or 0.0) * 1000))
+                keys = [f"{PREFIX}unique:{job.unique_key}", self.key(job.id)]
+                self._in_pipeline(
+                    pipe, self._claim_unique, keys, [job.id, ttl_ms, f"{PREFIX}job:", CLAIM_TTL]
+                )
+            return list(pipe.execute())
+
         # In order: a job refused by an earlier one of the same batch sees it as the holder.
-        held = pipe.execute()
+        # (Without the script, none of the batch ran: all of it is tried again.)
+        try:
+            held = claims()
+        except redis.exceptions.NoScriptError:
+            self._scripts_loaded = False
+            held = claims()
         return {job.id: holder for job, holder in zip(unique, held, strict=True) if holder}
 
     def release_unique(self, jobs: Sequence[Job]) -> None:
         unique = [job for job in jobs if job.unique_key is not None]
-        if unique:
-            pipe = self.client.pipeline(transaction=False)
-            for job in unique:
-                unique_key = f"{PREFIX}unique:{job.unique_key}"
-                self._release_unique(keys=[self.key(job.id)], args=[job.id, unique_key], client=pipe)
-            pipe.execute()
+        for job in unique:  # rare (a failed enqueue): one call each
+            self._release_unique(keys=[self.key(job.id)], args=[job.id, f"{PREFIX}unique:{job.unique_key}"])
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -204,14 +232,16 @@ class RedisJobStore(JobStore):
             fields["finished_at"] = _ts(utcnow())
         pipe.hset(key, mapping=fields)
         pipe.srem(f"{PREFIX}cancel", job.id)
-        if status != "retrying":  # the job ended: its unique key, if any, is free
-            self._release_unique(keys=[key], args=[job.id], client=pipe)
+        ended = status != "retrying"
+        if ended:  # its unique key, if any, is free
+            self._in_pipeline(pipe, self._release_unique, [key], [job.id])
         if status == "failed":
             pipe.persist(key)
             pipe.zadd(f"{PREFIX}failed", {job.id: utcnow().timestamp()})
         elif status in ("completed", "cancelled"):
             pipe.expire(key, self._keep)
-        pipe.execute()
+        # The other commands are done by then (MULTI/EXEC): only the release is left to do.
+        self._execute(pipe, lambda: self._release_unique(keys=[key], args=[job.id]))
 
     def note_lost(self, task_id: str) -> int:
         return int(self.client.hincrby(self.key(task_id), "lost", 1))
@@ -274,8 +304,8 @@ class RedisJobStore(JobStore):
             return False
         key = self.key(job_id)
         ttl = int(self.client.ttl(key)) if info.status == "cancelled" else 0
+        # (A failed or cancelled job released its unique key when it failed or was cancelled.)
         pipe = self.client.pipeline(transaction=True)
-        self._release_unique(keys=[key], args=[job_id], client=pipe)
         pipe.delete(key)
         if info.status == "cancelled":
             # Its message may still wait in the broker: a tombstone (which reads as no job)
