@@ -232,11 +232,7 @@ class Jobs:
     ) -> Job:
         if self._closed:
             raise ShutdownError("this Jobs app was shut down; it takes no more jobs")
-        if self._workers.get(getattr(worker_cls, "name", None)) is not worker_cls:  # type: ignore[arg-type]
-            raise NotRegisteredError(
-                f"worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with this "
-                f"app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)})"
-            )
+        self._check_registered(worker_cls)
         # Validated, dumped, and checked to validate back from the JSON, as a queue's worker
         # will do: fail here, not there.
         payload = Job.dump_args(worker_cls.args_model, args)
@@ -255,6 +251,13 @@ class Jobs:
             return job
         held = unique_seconds(seconds(unique_for, "unique_for"), due, job.enqueued_at)
         return replace(job, unique_key=make_unique_key(job.name, unique_key, payload), unique_for=held)
+
+    def _check_registered(self, worker_cls: type[Worker[Any]], where: str = "") -> None:
+        if self._workers.get(getattr(worker_cls, "name", None)) is not worker_cls:  # type: ignore[arg-type]
+            raise NotRegisteredError(
+                f"{where}worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with this "
+                f"app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)}) first"
+            )
 
     def _due_time(self, wait: timedelta | None, run_at: datetime | None) -> datetime | None:
         if wait is not None and run_at is not None:
@@ -348,11 +351,7 @@ class Jobs:
         schedule; ``NotRegisteredError`` for an unregistered worker). A new schedule's first
         run is its next tick. Returns the ``Schedule``.
         """
-        if self._workers.get(getattr(worker_cls, "name", None)) is not worker_cls:  # type: ignore[arg-type]
-            raise NotRegisteredError(
-                f"schedule(): worker {getattr(worker_cls, 'name', worker_cls)!r} is not registered with "
-                f"this app; call jobs.register({getattr(worker_cls, '__qualname__', worker_cls)}) first"
-            )
+        self._check_registered(worker_cls, "schedule(): ")
         defined = define(
             name if name is not None else worker_cls.name,
             worker_cls,

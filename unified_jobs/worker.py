@@ -107,23 +107,8 @@ class Worker(Generic[Args]):
                 f"{cls.__qualname__}.retry must be a unified_jobs.Retry, e.g. retry = Retry(max_attempts=3), "
                 f"got {cls.retry!r}"
             )
-        try:
-            limit = seconds(cls.time_limit, f"{cls.__qualname__}.time_limit")
-        except (TypeError, ValueError) as exc:
-            raise WorkerDefinitionError(str(exc)) from None
-        if limit == 0:
-            raise WorkerDefinitionError(
-                f"{cls.__qualname__}.time_limit must be positive (or None for no limit)"
-            )
-        try:
-            unique_for = seconds(cls.unique_for, f"{cls.__qualname__}.unique_for")
-        except (TypeError, ValueError) as exc:
-            raise WorkerDefinitionError(str(exc)) from None
-        if unique_for == 0:
-            raise WorkerDefinitionError(
-                f"{cls.__qualname__}.unique_for must be positive (or None: not unique unless "
-                "perform_later gives a unique_key)"
-            )
+        _positive_seconds(cls, "time_limit", "None for no limit")
+        _positive_seconds(cls, "unique_for", "None: not unique unless perform_later gives a unique_key")
         model = _args_model_from_bases(cls)
         if model is not None:
             cls.args_model = model
@@ -220,6 +205,17 @@ class Worker(Generic[Args]):
     def is_async(cls) -> bool:
         """True when ``perform`` is an ``async def``."""
         return inspect.iscoroutinefunction(cls.perform)
+
+
+def _positive_seconds(cls: type, attr: str, unset: str) -> None:
+    """Check that ``cls.<attr>`` is None, or a positive timedelta or number of seconds."""
+    what = f"{cls.__qualname__}.{attr}"
+    try:
+        value = seconds(getattr(cls, attr), what)
+    except (TypeError, ValueError) as exc:
+        raise WorkerDefinitionError(str(exc)) from None
+    if value == 0:
+        raise WorkerDefinitionError(f"{what} must be positive (or {unset})")
 
 
 def _args_model_from_bases(cls: type) -> type[BaseModel] | None:
