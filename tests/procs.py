@@ -72,6 +72,28 @@ def unified_jobs_worker(app: str, env: dict[str, str], log: Path, *args: str) ->
     return WorkerProcess(argv, env, log)
 
 
+class WorkerPool:
+    """The worker processes one test starts (``pool(env, *args)``), each logging to a file of
+    ``folder``; ``stop_all`` stops them (a test's ``workers`` fixture calls it at the end)."""
+
+    def __init__(self, app: str, folder: Path) -> None:
+        self.app = app
+        self.folder = folder
+        self.started: list[WorkerProcess] = []
+
+    def __call__(
+        self, env: dict[str, str], *args: str, name: str = "worker", app: str | None = None
+    ) -> WorkerProcess:
+        log = self.folder / f"{name}-{len(self.started)}.log"
+        worker = unified_jobs_worker(app or self.app, env, log, *args)
+        self.started.append(worker)
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.started:
+            worker.stop()
+
+
 def read_records(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []

@@ -32,7 +32,7 @@ from tests.conftest import (
     require_service,
 )
 from tests.contract.contract_app import Echo, Mail, Sleep, SlowRetry, create_app
-from tests.procs import BIN, ROOT, WorkerProcess, read_records, unified_jobs_worker, wait_until
+from tests.procs import BIN, ROOT, WorkerPool, read_records, wait_until
 from unified_jobs import Jobs
 from unified_jobs.adapters.celery.kinds.rabbitmq import DELAY_PREFIX, DELAYED_ROW
 from unified_jobs.errors import EnqueueError
@@ -83,17 +83,10 @@ def app(setup: tuple[str, Path, dict[str, str]]) -> Iterator[App]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Any]:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], *args: str, name: str = "worker") -> WorkerProcess:
-        w = unified_jobs_worker(APP, env, tmp_path / f"{name}-{len(started)}.log", *args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workers(tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(APP, tmp_path)
+    yield pool
+    pool.stop_all()
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

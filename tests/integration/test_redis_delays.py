@@ -22,7 +22,7 @@ from redis.retry import Retry
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
 from tests.contract.contract_app import Echo, Mail, SlowRetry, create_app
-from tests.procs import WorkerProcess, read_records, unified_jobs_worker, wait_until
+from tests.procs import WorkerPool, read_records, wait_until
 from unified_jobs import Jobs
 from unified_jobs.adapters.celery.kinds import redis_transport
 from unified_jobs.adapters.celery.kinds.redis_transport import DELAYED_INDEX, DELAYED_PREFIX, Mover
@@ -62,17 +62,10 @@ def setup(client: Any, tmp_path: Path) -> Iterator[tuple[Jobs, Path, dict[str, s
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Any]:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], *args: str, app: str = APP) -> WorkerProcess:
-        w = unified_jobs_worker(app, env, tmp_path / f"worker-{len(started)}.log", *args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workers(tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(APP, tmp_path)
+    yield pool
+    pool.stop_all()
 
 
 def delayed(client: Any, queue: str = "default") -> int:

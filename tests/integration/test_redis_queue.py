@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import redis
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
 from tests.contract.contract_app import Echo, Mail, Sleep, create_app
-from tests.procs import ROOT, WorkerProcess, read_records, unified_jobs_worker, wait_until
+from tests.procs import ROOT, WorkerPool, read_records, wait_until
 from unified_jobs.errors import EnqueueError
 
 pytestmark = pytest.mark.timeout(180)
@@ -42,17 +43,10 @@ def setup(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Any:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], *args: str, name: str = "worker") -> WorkerProcess:
-        w = unified_jobs_worker(APP, env, tmp_path / f"{name}-{len(started)}.log", *args)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        w.stop()
+def workers(tmp_path: Path) -> Iterator[WorkerPool]:
+    pool = WorkerPool(APP, tmp_path)
+    yield pool
+    pool.stop_all()
 
 
 def test_500_jobs_from_another_process_run_exactly_once(
