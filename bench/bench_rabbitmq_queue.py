@@ -28,42 +28,19 @@ import time
 from pathlib import Path
 
 import redis
-from celery import Celery, group
-from pydantic import BaseModel
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import queue_harness as harness  # noqa: E402
-from bench.queue_harness import note  # noqa: E402
-from unified_jobs import Config, Jobs, Worker  # noqa: E402
+from bench.queue_harness import Noop, plain_app  # noqa: E402
+from unified_jobs import Config, Jobs  # noqa: E402
 
 BROKER = os.environ.get("BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 STORE = os.environ.get("BENCH_STORE_URL", "redis://127.0.0.1:6379/4")
 
 
-# -- plain Celery ------------------------------------------------------------------------------
-plain = Celery("bench_plain", broker=BROKER)
-plain.conf.task_default_queue = "bench-plain"
-
-
-@plain.task(name="bench.plain_noop")
-def plain_noop(sent: float) -> None:
-    note(sent)
-
-
-# -- unified_jobs ------------------------------------------------------------------------------
-class NoopArgs(BaseModel):
-    sent: float
-
-
-class Noop(Worker[NoopArgs]):
-    name = "bench.uj_noop"
-    queue = "bench-uj"
-
-    def perform(self, args: NoopArgs) -> None:
-        note(args.sent)
-
+plain, plain_noop = plain_app(BROKER)
 
 jobs = Jobs(
     Config.from_dict(
@@ -107,29 +84,10 @@ def reset() -> None:
                 channel.close()
 
 
-def enqueue(side: str, n: int) -> float:
+def enqueue_unconfirmed(n: int) -> float:
     start = time.perf_counter()
-    if side == "celery":
-        for _ in range(n):
-            plain_noop.apply_async((time.time(),))
-    elif side == "unconfirmed":
-        for _ in range(n):
-            UnconfirmedNoop.perform_later({"sent": time.time()})
-    else:
-        for _ in range(n):
-            Noop.perform_later({"sent": time.time()})
-    return n / (time.perf_counter() - start)
-
-
-def enqueue_bulk(side: str, n: int, chunk: int = 1000) -> float:
-    """Celery's bulk form (a group) against ``perform_all_later``, ``chunk`` jobs per call."""
-    start = time.perf_counter()
-    for first in range(0, n, chunk):
-        size = min(chunk, n - first)
-        if side == "celery":
-            group(plain_noop.s(time.time()) for _ in range(size)).apply_async()
-        else:
-            Noop.perform_all_later([{"sent": time.time()} for _ in range(size)])
+    for _ in range(n):
+        UnconfirmedNoop.perform_later({"sent": time.time()})
     return n / (time.perf_counter() - start)
 
 
@@ -141,8 +99,9 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=300)
     opts = parser.parse_args()
     workers = harness.sides("bench.bench_rabbitmq_queue")
+    enqueue, enqueue_bulk = harness.enqueuer(plain_noop, Noop), harness.bulk_enqueuer(plain_noop, Noop)
     results = harness.measure(workers, reset, enqueue, enqueue_bulk, opts.jobs, opts.latency_jobs)
-    unconfirmed_rate = enqueue("unconfirmed", opts.jobs)
+    unconfirmed_rate = enqueue_unconfirmed(opts.jobs)
     reset()
     title = f"RabbitMQ, {opts.jobs} no-op jobs; latency over {opts.latency_jobs} jobs sent 10 ms apart"
     harness.print_table(title, results, {"enqueue, confirm_publish: false": unconfirmed_rate})

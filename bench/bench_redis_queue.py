@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,31 +27,6 @@ def reset() -> None:
     redis_apps.jobs.celery.connection_for_write().default_channel.client.flushdb()
 
 
-def enqueue(side: str, n: int) -> float:
-    start = time.perf_counter()
-    if side == "celery":
-        for _ in range(n):
-            redis_apps.plain_noop.apply_async((time.time(),))
-    else:
-        for _ in range(n):
-            redis_apps.Noop.perform_later({"sent": time.time()})
-    return n / (time.perf_counter() - start)
-
-
-def enqueue_bulk(side: str, n: int, chunk: int = 1000) -> float:
-    """Celery's bulk form (a group) against ``perform_all_later``, ``chunk`` jobs per call."""
-    from celery import group
-
-    start = time.perf_counter()
-    for first in range(0, n, chunk):
-        size = min(chunk, n - first)
-        if side == "celery":
-            group(redis_apps.plain_noop.s(time.time()) for _ in range(size)).apply_async()
-        else:
-            redis_apps.Noop.perform_all_later([{"sent": time.time()} for _ in range(size)])
-    return n / (time.perf_counter() - start)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,6 +35,8 @@ def main() -> None:
     parser.add_argument("--latency-jobs", type=int, default=300)
     opts = parser.parse_args()
     workers = harness.sides("bench.redis_apps")
+    task, worker = redis_apps.plain_noop, redis_apps.Noop
+    enqueue, enqueue_bulk = harness.enqueuer(task, worker), harness.bulk_enqueuer(task, worker)
     results = harness.measure(workers, reset, enqueue, enqueue_bulk, opts.jobs, opts.latency_jobs)
     title = f"Redis, {opts.jobs} no-op jobs; latency over {opts.latency_jobs} jobs sent 10 ms apart"
     harness.print_table(title, results)

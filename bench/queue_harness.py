@@ -1,5 +1,6 @@
 """What the queue benchmarks share (``bench_redis_queue``, ``bench_rabbitmq_queue``): the
-no-op job's bookkeeping, the worker processes, and the measurements and their table.
+no-op job on both sides (a plain Celery task, a ``Worker``) and its bookkeeping, how each side
+enqueues, the worker processes, and the measurements and their table.
 
 Each job does the same work on either side: ``note(sent)``, one pipelined Redis write of a
 counter, first/last timestamps and its latency, to ``$BENCH_STATS_URL`` (Redis database 8,
@@ -17,8 +18,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
+from celery import Celery, group
+from pydantic import BaseModel
+
+from unified_jobs import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -36,6 +42,63 @@ def note(sent: float) -> None:
     pipe.set("last", now)
     pipe.rpush("latency", now - sent)
     pipe.execute()
+
+
+def plain_noop(sent: float) -> None:
+    note(sent)
+
+
+def plain_app(broker: str) -> tuple[Celery, Any]:
+    """Plain Celery on ``broker``, with the no-op task (on the queue bench-plain)."""
+    plain = Celery("bench_plain", broker=broker)
+    plain.conf.task_default_queue = "bench-plain"
+    return plain, plain.task(name="bench.plain_noop")(plain_noop)
+
+
+class NoopArgs(BaseModel):
+    sent: float
+
+
+class Noop(Worker[NoopArgs]):
+    """The no-op job on the unified_jobs side (on the queue bench-uj)."""
+
+    name = "bench.uj_noop"
+    queue = "bench-uj"
+
+    def perform(self, args: NoopArgs) -> None:
+        note(args.sent)
+
+
+def enqueuer(task: Any, worker: type[Worker[Any]]) -> Enqueue:
+    """``enqueue(side, n)``: n jobs, one per call (``task.apply_async`` or ``perform_later``)."""
+
+    def enqueue(side: str, n: int) -> float:
+        start = time.perf_counter()
+        if side == "celery":
+            for _ in range(n):
+                task.apply_async((time.time(),))
+        else:
+            for _ in range(n):
+                worker.perform_later({"sent": time.time()})
+        return n / (time.perf_counter() - start)
+
+    return enqueue
+
+
+def bulk_enqueuer(task: Any, worker: type[Worker[Any]], chunk: int = 1000) -> Enqueue:
+    """``enqueue(side, n)`` in bulk: Celery's group against ``perform_all_later``, ``chunk`` a call."""
+
+    def enqueue_bulk(side: str, n: int) -> float:
+        start = time.perf_counter()
+        for first in range(0, n, chunk):
+            size = min(chunk, n - first)
+            if side == "celery":
+                group(task.s(time.time()) for _ in range(size)).apply_async()
+            else:
+                worker.perform_all_later([{"sent": time.time()} for _ in range(size)])
+        return n / (time.perf_counter() - start)
+
+    return enqueue_bulk
 
 
 def sides(module: str, plain: str = "plain", jobs: str = "jobs") -> dict[str, list[str]]:
