@@ -34,57 +34,40 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from celery import Celery  # noqa: E402
-from pydantic import BaseModel  # noqa: E402
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, text  # noqa: E402
 
 import unified_jobs.adapters.sql  # noqa: E402,F401  (registers the ujsql transport for plain Celery)
-from unified_jobs import Config, Jobs, Worker  # noqa: E402
+from bench.queue_harness import Noop, plain_app  # noqa: E402
+from unified_jobs import Config, Jobs  # noqa: E402
 
 REDIS = "redis://127.0.0.1:6379/8"
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 PREFIX = "ujb_"
 
 
-class Args(BaseModel):
-    n: int
-
-
-class Noop(Worker[Args]):
-    name = "bench.unique.Noop"
-    queue = "bench_unique"
-
-    def perform(self, args: Args) -> None:
-        return None
-
-
-def plain_noop(n: int) -> None:
-    return None
-
-
 metadata = MetaData()
 orders = Table("ujb_orders", metadata, Column("id", Integer, primary_key=True), Column("note", String(20)))
 
 
-def setup(kind: str, folder: Path) -> tuple[Jobs, Celery, str]:
-    """The unified_jobs app, a plain Celery app on the same broker, and the app database URL."""
+def setup(kind: str, folder: Path) -> tuple[Jobs, Any, str]:
+    """The unified_jobs app, the no-op task of a plain Celery app on the same broker, and the
+    app database URL."""
     from unified_jobs.adapters.sql import broker_url, ensure_schema, transport_options
 
     if kind == "Redis":
         queue: dict[str, Any] = {"kind": kind, "uri": REDIS}
-        plain = Celery("plain", broker=REDIS)
+        plain, task = plain_app(REDIS)
         app_db = f"sqlite:///{folder}/app.db"
     else:
         uri = PG if kind == "Postgres" else f"sqlite:///{folder}/jobs.db"
         queue = {"kind": kind, "uri": uri, "table_prefix": PREFIX}
         ensure_schema(uri, PREFIX)
-        plain = Celery("plain", broker=broker_url(kind, uri))
+        plain, task = plain_app(broker_url(kind, uri))
         plain.conf.broker_transport_options = transport_options(table_prefix=PREFIX)
         app_db = uri.replace("postgresql://", "postgresql+psycopg://", 1)
     jobs = Jobs(Config.from_dict({"workers": {"mode": "BackgroundQueue"}, "queue": queue}))
     jobs.register(Noop)
-    plain.conf.task_default_queue = "bench_unique"
-    return jobs, plain, app_db
+    return jobs, task, app_db
 
 
 def empty(jobs: Jobs, kind: str) -> None:
@@ -94,7 +77,7 @@ def empty(jobs: Jobs, kind: str) -> None:
         with jobs.celery.connection_for_write() as conn:
             conn.default_channel.client.flushdb()
     else:
-        with bridge.kind.job_table().engine.begin() as conn:
+        with bridge.kind.job_table().engine.begin() as conn:  # our queue's and plain Celery's rows
             conn.execute(text(f"DELETE FROM {PREFIX}jobs"))
 
 
@@ -107,8 +90,7 @@ def rate(n: int, one: Callable[[int], object]) -> float:
 
 def measure(kind: str, n: int) -> dict[str, float]:
     folder = Path(tempfile.mkdtemp(prefix="ujb-"))
-    jobs, plain, app_db = setup(kind, folder)
-    task = plain.task(name="bench.unique.plain", shared=False)(plain_noop)
+    jobs, task, app_db = setup(kind, folder)
     engine = create_engine(app_db)
     metadata.drop_all(engine)
     metadata.create_all(engine)
@@ -119,18 +101,18 @@ def measure(kind: str, n: int) -> dict[str, float]:
             with engine.begin() as conn:
                 conn.execute(orders.insert().values(id=next(row), note="x"))
                 if transactional:
-                    return Noop.perform_later({"n": i}, transaction=conn)
+                    return Noop.perform_later({"sent": i}, transaction=conn)
             # Without transaction=: after the commit (inside it, SQLite's one writer would wait
             # for its own transaction's lock).
-            return Noop.perform_later({"n": i})
+            return Noop.perform_later({"sent": i})
 
         return one
 
     cases: dict[str, Callable[[int], object]] = {
         "celery apply_async": lambda i: task.apply_async((i,)),
-        "perform_later": lambda i: Noop.perform_later({"n": i}),
-        "unique_key": lambda i: Noop.perform_later({"n": i}, unique_key=f"k{i}"),
-        "unique, refused": lambda i: Noop.perform_later({"n": i}, unique_key="same"),
+        "perform_later": lambda i: Noop.perform_later({"sent": i}),
+        "unique_key": lambda i: Noop.perform_later({"sent": i}, unique_key=f"k{i}"),
+        "unique, refused": lambda i: Noop.perform_later({"sent": i}, unique_key="same"),
         "app txn + perform_later": in_txn(False),
         "app txn + transaction=": in_txn(True),
     }
