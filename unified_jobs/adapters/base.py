@@ -142,6 +142,10 @@ class Adapter(ABC):
         )
         return True
 
+    def run_now(self, job_id: str) -> bool:
+        """Make a job that waits for its ``run_at`` due now; False if it is not waiting so."""
+        return self.store.run_now(job_id)
+
     def cancel(self, job_id: str) -> bool:
         """A waiting job never runs; a running one is asked to stop. False if neither."""
         return self.store.cancel(job_id) or self.store.request_cancel(job_id)

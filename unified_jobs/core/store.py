@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from unified_jobs.core.job import Job, JobInfo
+from unified_jobs.core.monitor import JobPage, JobQuery, QueueStats, ThroughputBucket, WorkerBeat
 from unified_jobs.core.outcome import Outcome
 
 __all__ = ["JobStore", "StartCheck"]
@@ -48,6 +49,11 @@ class JobStore(ABC):
         """Mark a job that has not started (queued, scheduled, retrying) cancelled; False if
         it was not waiting."""
 
+    def run_now(self, job_id: str) -> bool:
+        """Make a job that waits for its ``run_at`` (delayed, or a retry's backoff) due now;
+        False if it was not waiting so, or the store cannot move it (see ``Adapter.run_now``)."""
+        return False
+
     def request_cancel(self, job_id: str) -> bool:
         """Ask a job running in some worker process to stop; False where not supported."""
         return False
@@ -55,6 +61,38 @@ class JobStore(ABC):
     def cancel_requested(self, job_ids: Iterable[str]) -> set[str]:
         """Which of these running jobs someone asked to stop."""
         return set()
+
+    # -- what the dashboard, the metrics and ``doctor --workers`` read ----------------------
+
+    def jobs(self, query: JobQuery) -> JobPage:
+        """One page of the jobs that match ``query``, newest first."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list jobs")
+
+    def status_counts(self) -> dict[str, int]:
+        """How many jobs the store keeps in each status (statuses with none may be missing)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot count jobs")
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Every queue the store knows a job of, by name."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no queue statistics")
+
+    def throughput(self, minutes: int = 60) -> list[ThroughputBucket]:
+        """Jobs that ended in each of the last ``minutes`` minutes, oldest first, one bucket
+        per minute (the current minute last), empty minutes included."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no throughput")
+
+    def record_heartbeat(self, beat: WorkerBeat) -> None:
+        """A worker process is alive: keep its beat (replacing its previous one) for a few
+        ``beat.interval`` s."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no heartbeats")
+
+    def forget_worker(self, worker_id: str) -> None:  # noqa: B027 - optional hook
+        """The worker stopped cleanly: drop its beat."""
+
+    def workers(self) -> list[WorkerBeat]:
+        """The beats of the workers seen lately (dead ones included until their beat expires),
+        by id."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no heartbeats")
 
     # -- unique jobs -------------------------------------------------------------------------
 

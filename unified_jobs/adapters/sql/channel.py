@@ -22,6 +22,7 @@ from kombu.transport import virtual
 from kombu.transport.virtual.base import queue_declare_ok_t  # type: ignore[attr-defined]
 from sqlalchemy.engine import Row
 
+from unified_jobs.adapters.liveness import note_poll
 from unified_jobs.adapters.sql import publishing
 from unified_jobs.adapters.sql.background import AckWriter, Heartbeat
 from unified_jobs.adapters.sql.leases import Action, Leases, aware, utcnow
@@ -190,6 +191,7 @@ class Channel(virtual.Channel):
 
     def drain_events(self, timeout: float | None = None, callback: Callable[..., Any] | None = None) -> None:
         self.leases.next_due = None
+        note_poll()
         if not self._consumers or not self.qos.can_consume():
             raise Empty()
         # Pidbox (remote control) queues are fed through fanout exchanges, which this

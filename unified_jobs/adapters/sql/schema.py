@@ -24,6 +24,7 @@ from sqlalchemy import (
     CheckConstraint,
     Column,
     DateTime,
+    Float,
     Engine,
     Index,
     Integer,
@@ -51,7 +52,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_TABLE_PREFIX = "unified_jobs_"
 
 QUEUED = "queued"
@@ -84,6 +85,8 @@ class Tables:
     cancels: Table
     #: Recurring jobs: the last tick each schedule enqueued (``unified_jobs.scheduler``).
     schedules: Table
+    #: Worker processes' heartbeats (``core.monitor.WorkerBeat``), one row per process.
+    workers: Table
 
     @property
     def notify_channel(self) -> str:
@@ -179,8 +182,31 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("last_job_id", String(255), nullable=True),
         Column("updated_at", DateTime(timezone=True), nullable=False),
     )
+    workers = Table(
+        f"{prefix}workers",
+        md,
+        Column("id", String(255), primary_key=True),
+        Column("host", String(255), nullable=False),
+        Column("pid", Integer, nullable=False),
+        Column("kind", String(32), nullable=False),
+        Column("queues", Text, nullable=False),  # JSON list
+        Column("concurrency", Integer, nullable=False),
+        Column("current", Text, nullable=False),  # JSON list of the running jobs' task ids
+        Column("started_at", DateTime(timezone=True), nullable=False),
+        Column("beat_at", DateTime(timezone=True), nullable=False),
+        Column("polled_at", DateTime(timezone=True), nullable=True),
+        Column("interval", Float, nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=False),
+        Column("extra", Text, nullable=False),  # JSON object
+    )
     return Tables(
-        prefix=prefix, metadata=md, jobs=jobs, version=version, cancels=cancels, schedules=schedules
+        prefix=prefix,
+        metadata=md,
+        jobs=jobs,
+        version=version,
+        cancels=cancels,
+        schedules=schedules,
+        workers=workers,
     )
 
 
@@ -213,6 +239,7 @@ def _pg_drop_ddl(t: Tables) -> list[str]:
         f"DROP TABLE IF EXISTS {t.version.name}",
         f"DROP TABLE IF EXISTS {t.cancels.name}",
         f"DROP TABLE IF EXISTS {t.schedules.name}",
+        f"DROP TABLE IF EXISTS {t.workers.name}",
         f"DROP FUNCTION IF EXISTS {t.prefix}jobs_notify()",
     ]
 
@@ -251,7 +278,12 @@ def _v3(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, tables=[t.schedules], checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2, 3: _v3}
+def _v4(conn: Connection, t: Tables) -> None:
+    """Worker heartbeats."""
+    t.metadata.create_all(conn, tables=[t.workers], checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
 
 _done: set[tuple[str, str]] = set()
 _done_lock = threading.Lock()
