@@ -21,6 +21,7 @@ class WorkerProcess:
 
     def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
+        self._terminated = False
         self._log_file = log.open("ab")
         self.proc = subprocess.Popen(
             argv,
@@ -54,10 +55,16 @@ class WorkerProcess:
         self.proc.wait(10)
         self._log_file.close()
 
+    def terminate(self) -> None:
+        """Start a warm shutdown (SIGTERM to the main process) without waiting for it."""
+        if self.proc.poll() is None and not self._terminated:
+            self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float = 20.0) -> int:
         """Warm shutdown (SIGTERM to the main process), then SIGKILL to the group if it lingers."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.terminate()
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -90,8 +97,15 @@ class WorkerPool:
         return worker
 
     def stop_all(self) -> None:
-        for worker in self.started:
-            worker.stop()
+        stop_together(self.started)
+
+
+def stop_together(processes: list[WorkerProcess]) -> None:
+    """Stop them all at once (SIGTERM to each, then wait for each): warm shutdowns overlap."""
+    for proc in processes:
+        proc.terminate()
+    for proc in processes:
+        proc.stop()
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
@@ -109,3 +123,63 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
             return False
         time.sleep(interval)
     return True
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (now)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_http(url: str, timeout: float = 30.0, proc: WorkerProcess | None = None) -> None:
+    """Until ``url`` answers (any HTTP status), or fail with the process' log."""
+    import urllib.error
+    import urllib.request
+
+    def answers() -> bool:
+        if proc is not None and proc.proc.poll() is not None:
+            code = proc.proc.returncode
+            raise AssertionError(f"{url}: the server exited ({code}):\n{proc.output()[-4000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+        except urllib.error.HTTPError:
+            return True
+        except OSError:
+            return False
+        return True
+
+    if not wait_until(answers, timeout, 0.1):
+        log = f":\n{proc.output()[-4000:]}" if proc is not None else ""
+        raise AssertionError(f"{url} did not answer in {timeout}s{log}")
+
+
+class PrivateRedis:
+    """A redis-server of the test's own on a free port (nothing kept on disk), for tests that
+    need a whole Redis (every database number of the shared one is taken)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", str(folder)]
+        self.proc = WorkerProcess(argv, {}, folder / f"redis-{self.port}.log")
+        wait_until(self._up, 10, 0.05) or self._fail()
+
+    def _up(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def _fail(self) -> None:
+        raise AssertionError(f"redis-server on port {self.port} did not start:\n{self.proc.output()}")
+
+    def stop(self) -> None:
+        self.proc.stop(10)

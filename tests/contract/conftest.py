@@ -38,7 +38,7 @@ from tests.conftest import (
     sql_prefix,
 )
 from tests.contract import contract_app
-from tests.procs import WorkerProcess, unified_jobs_worker
+from tests.procs import WorkerProcess, stop_together, unified_jobs_worker
 from unified_jobs import JobHandle, Jobs, Worker
 from unified_jobs.testing import JobRecorder
 
@@ -246,8 +246,7 @@ class QueueWorkers:
             self.running.pop(backend)[0].stop()
 
     def stop_all(self) -> None:
-        for worker, _ in self.running.values():
-            worker.stop()
+        stop_together([worker for worker, _ in self.running.values()])
 
 
 @pytest.fixture(scope="session")
