@@ -23,6 +23,7 @@ __all__ = [
     "ENV_VAR",
     "KEEPABLE_CELERY_SETTINGS",
     "Config",
+    "DashboardConfig",
     "Kind",
     "Mode",
     "QueueConfig",
@@ -191,6 +192,31 @@ class ServerConfig(_Strict):
     port: int = Field(default=5150, ge=0, le=65535)  # Loco's default port
 
 
+class DashboardConfig(_Strict):
+    """The ``dashboard:`` section: ``unified-jobs dashboard`` and ``dashboard.create_app``.
+
+    Credentials come from here or from the environment (``UNIFIED_JOBS_DASHBOARD_TOKEN``,
+    ``..._USERNAME``, ``..._PASSWORD``); keep them out of the file with ``{{ get_env(...) }}``.
+    Without any, the dashboard serves loopback clients only.
+    """
+
+    binding: str = "127.0.0.1"
+    port: int = Field(default=5160, ge=0, le=65535)
+    #: A bearer token (``Authorization: Bearer ...``, or ``?token=`` once in a browser).
+    token: str | None = Field(default=None, min_length=16)
+    #: HTTP basic auth; both or neither.
+    username: str | None = Field(default=None, min_length=1)
+    password: str | None = Field(default=None, min_length=8)
+    #: Whether the action buttons (retry, discard, cancel, run now, purge) are offered.
+    read_only: bool = False
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> DashboardConfig:
+        if (self.username is None) != (self.password is None):
+            raise ValueError("dashboard.username and dashboard.password go together: set both or neither")
+        return self
+
+
 class ScheduleConfig(_Strict):
     """One entry of ``scheduler.jobs`` (Loco's keys): ``run`` a registered worker's name, on
     ``schedule`` (a cron expression) or ``every`` (seconds), with ``args``."""
@@ -297,6 +323,7 @@ class Config(_Strict):
     queue: QueueConfig | None = None
     server: ServerConfig = ServerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @model_validator(mode="after")
     def _queue_needed(self) -> Config:

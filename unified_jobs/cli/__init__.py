@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(1)
 
 
+from unified_jobs.cli import dashboard as _dashboard  # noqa: E402  (registers the command)
 from unified_jobs.cli import doctor as _doctor  # noqa: E402  (registers the command)
 from unified_jobs.cli import generate as _generate  # noqa: E402  (registers the command)
 from unified_jobs.cli import jobs as _jobs  # noqa: E402  (registers the command group)
@@ -139,4 +140,4 @@ from unified_jobs.cli import start as _start  # noqa: E402  (registers the comma
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 del _doctor, _generate, _jobs, _jobs_files, _jobs_store, _start
-del _schedules
+del _dashboard, _schedules

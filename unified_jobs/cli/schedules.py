@@ -32,9 +32,7 @@ def _last(record: TickRecord | None) -> str:
 
 def _row(schedule: Schedule, record: TickRecord | None, now: datetime) -> dict[str, Any]:
     last = record.last_tick if record is not None else None
-    # The next tick to run: after the last one, and not before now (a missed one runs now).
-    after = max(last or schedule.since, now)
-    due = last is not None and schedule.latest_tick(now) > last
+    next_run = schedule.next_run(last, now)
     return {
         "name": schedule.name,
         "worker": schedule.worker,
@@ -44,7 +42,7 @@ def _row(schedule: Schedule, record: TickRecord | None, now: datetime) -> dict[s
         "last_tick": _when(last) if last else None,
         "last_by": record.last_by if record is not None else None,
         "last_job_id": record.last_job_id if record is not None else None,
-        "next_run": "now (due)" if due else _when(schedule.next_tick(after)),
+        "next_run": "now (due)" if next_run is None else _when(next_run),
     }
 
 

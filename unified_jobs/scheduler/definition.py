@@ -162,6 +162,13 @@ class Schedule:
         it = croniter(self.cron, after.astimezone(self.tz))
         return _utc(it.get_next(datetime))
 
+    def next_run(self, last_tick: datetime | None, now: datetime) -> datetime | None:
+        """When the next tick runs, given the newest one enqueued (``TickRecord.last_tick``):
+        ``None`` if one is due now (missed, or a scheduler is about to take it)."""
+        if last_tick is not None and self.latest_tick(now) > last_tick:
+            return None
+        return self.next_tick(max(last_tick or self.since, now))
+
     def latest_tick(self, at: datetime) -> datetime:
         """The newest tick at or before ``at``."""
         if self.every is not None:
