@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint type check bench clean
+.PHONY: demo test lint type check bench screenshots clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ check: lint type test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The dashboard's screenshots in docs/images, from its browser test (Postgres kind).
+screenshots: $(STAMP)
+	UJ_SCREENSHOTS=docs/images $(BIN)/python -m pytest tests/browser -k Postgres -q
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -55,6 +55,10 @@ REDIS_DBS = {
     "scheduler": 1,
     "scheduler_rabbitmq": 8,
     "redis_delays": 2,
+    # tests/integration/test_liveness.py: heartbeats and doctor --workers
+    "liveness": 0,
+    # tests/integration/test_monitor_stores.py: the dashboard's reads of the Redis job store
+    "monitor": 0,
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from unified_jobs.core.heartbeat import DEFAULT_STALE_AFTER
 from unified_jobs.core.retry import Retry
 from unified_jobs.errors import ConfigError
 
@@ -100,6 +101,18 @@ class WorkersConfig(_Strict):
     #: would otherwise set them (see ``KEEPABLE_CELERY_SETTINGS``). Workers' tasks keep safe
     #: delivery whatever the app says.
     keep_celery_settings: tuple[str, ...] = ()
+    #: Seconds between the heartbeats of a worker process (and of the BackgroundAsync pool),
+    #: written into the queue's job store for the dashboard and ``doctor --workers``. A worker
+    #: whose last beat is older than about two of these is gone.
+    heartbeat_interval: float = Field(default=10.0, ge=0.1, le=3600)
+    #: A file each worker process also writes its heartbeat to (JSON, replaced at each beat,
+    #: removed on a clean stop), for probes that read a file, not the store; ``{pid}`` in the
+    #: path is replaced by the process id (for several worker processes on one host).
+    heartbeat_file: str | None = Field(default=None, min_length=1)
+    #: ``doctor --workers`` fails for a live worker with a free slot that had not asked its
+    #: queues for jobs for more than this many seconds when it wrote its last beat (a stalled
+    #: consumer); ``--stale-after`` overrides it.
+    stale_after: float = Field(default=DEFAULT_STALE_AFTER, gt=0)
 
     @field_validator("keep_celery_settings")
     @classmethod

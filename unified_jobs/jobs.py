@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta, tzinfo
 from types import MappingProxyType, TracebackType
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
-from unified_jobs import adapters
+from unified_jobs import adapters, observability
 from unified_jobs.adapters.base import Adapter
 from unified_jobs.config import Config, load_config
 from unified_jobs.core.executor import Executor
@@ -65,6 +65,7 @@ class Jobs:
             default_retry=config.workers.default_retry(),
             tasks=lambda job: self._bridge.run_task(job) if self._bridge is not None else None,
         )
+        observability.install(self)  # tracing, when opentelemetry-api is installed
         if celery_app is not None:
             self.celery_bridge()  # adopt it now, so its tasks follow the mode from the start
         self._adapter = adapters.build(config.workers.mode, config, self._executor, self.celery_bridge)
@@ -150,6 +151,11 @@ class Jobs:
         docs/guides/transactional-enqueue.md.
         """
         job = self._build_job(worker_cls, args, wait, run_at, queue, priority, unique_key)
+        if self._executor.observers:  # metrics, tracing
+            return self._observed([job], lambda: [self._enqueue(job, transaction)])[0]
+        return self._enqueue(job, transaction)
+
+    def _enqueue(self, job: Job, transaction: Any) -> JobHandle:
         if transaction is not None:
             refused = self._adapter.enqueue_in_transaction(transaction, [job])
         elif job.unique_key is not None:
@@ -174,6 +180,15 @@ class Jobs:
         event loop (in ForegroundBlocking mode the job itself runs in the caller's loop, so a
         sync ``perform`` does)."""
         job = self._build_job(worker_cls, args, wait, run_at, queue, priority, unique_key)
+        if self._executor.observers:  # metrics, tracing
+
+            async def enqueue() -> list[JobHandle]:
+                return [await self._aenqueue(job)]
+
+            return (await self._aobserved([job], enqueue))[0]
+        return await self._aenqueue(job)
+
+    async def _aenqueue(self, job: Job) -> JobHandle:
         if job.unique_key is not None:
             refused = await self._adapter.aenqueue_unique([job])
             return self._holder_handle(refused[job.id], job) if refused else job.handle()
@@ -200,6 +215,13 @@ class Jobs:
         handle. ``transaction``: as for ``perform_later``, for the whole batch.
         """
         batch = [self._build_job(worker_cls, args, wait, run_at, queue, priority) for args in args_list]
+        if batch and self._executor.observers:  # metrics, tracing
+            return self._observed(batch, lambda: self._enqueue_batch(worker_cls, batch, transaction))
+        return self._enqueue_batch(worker_cls, batch, transaction)
+
+    def _enqueue_batch(
+        self, worker_cls: type[Worker[Any]], batch: list[Job], transaction: Any
+    ) -> list[JobHandle]:
         if transaction is not None:
             refused = self._adapter.enqueue_in_transaction(transaction, batch)
         elif worker_cls.unique_for is not None:
@@ -211,6 +233,39 @@ class Jobs:
             self._holder_handle(refused[j.id], j, transaction) if j.id in refused else j.handle()
             for j in batch
         ]
+
+    def _observed(self, jobs: list[Job], enqueue: Callable[[], list[JobHandle]]) -> list[JobHandle]:
+        """``enqueue()`` between the observers' ``enqueuing`` and ``enqueued`` (an enqueue span
+        that is current while the adapter publishes, so its trace context goes with the jobs;
+        the enqueue counter)."""
+        executor = self._executor
+        states = executor.enqueuing(jobs)
+        try:
+            handles = enqueue()
+        except BaseException as exc:
+            executor.enqueued(jobs, self._enqueued_anyway(jobs), states, exc)
+            raise
+        executor.enqueued(jobs, handles, states)
+        return handles
+
+    async def _aobserved(
+        self, jobs: list[Job], enqueue: Callable[[], Awaitable[list[JobHandle]]]
+    ) -> list[JobHandle]:
+        """``_observed`` for ``aperform_later``."""
+        executor = self._executor
+        states = executor.enqueuing(jobs)
+        try:
+            handles = await enqueue()
+        except BaseException as exc:
+            executor.enqueued(jobs, self._enqueued_anyway(jobs), states, exc)
+            raise
+        executor.enqueued(jobs, handles, states)
+        return handles
+
+    def _enqueued_anyway(self, jobs: list[Job]) -> list[JobHandle] | None:
+        """The handles of jobs that were enqueued although the enqueue raised: in
+        ForegroundBlocking the error is the job's own, raised once it ran."""
+        return [job.handle() for job in jobs] if self._adapter.kind == "ForegroundBlocking" else None
 
     def _holder_handle(self, holder: str, job: Job, transaction: Any = None) -> JobHandle:
         """The handle of the job that holds ``job``'s unique key: as the store has it, except in
@@ -313,6 +368,12 @@ class Jobs:
     def discard(self, job: JobHandle | str) -> bool:
         """Remove a failed or cancelled job from the store; False if there was none."""
         return self._adapter.store.discard(_id_of(job))
+
+    def run_now(self, job: JobHandle | str) -> bool:
+        """Make a job that waits for its ``run_at`` (a delayed job, or a retry's backoff) due
+        now, the same job (its id, its attempt); False if it was not waiting so, or the queue
+        cannot hand it over early (RabbitMQ's delay queues: cancel it and enqueue it again)."""
+        return self._adapter.run_now(_id_of(job))
 
     def cancel(self, job: JobHandle | str) -> bool:
         """Cancel a job: a waiting one never runs; a running one is told to stop (an ``async

@@ -3,6 +3,9 @@
 Run it with its workers in one process:
 
     cd examples && unified-jobs --app shop.web:jobs start --server-and-worker --server shop.web:app
+
+The jobs' dashboard is mounted at /jobs/ (http://127.0.0.1:5150/jobs/): in the in-process
+modes it shows this process' own jobs.
 """
 
 from __future__ import annotations
@@ -10,11 +13,12 @@ from __future__ import annotations
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from shop.app import create_app
 from shop.context import ShopContext
 from shop.workers import BookRevenue, MakeThumbnails, SendReceipt
+from unified_jobs.dashboard import create_app as create_dashboard
 
 context = ShopContext()
 jobs = create_app(context=context)
@@ -38,4 +42,10 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse({"done": dict(context.done), "revenue_cents": context.revenue_cents})
 
 
-app = Starlette(routes=[Route("/orders", place_order, methods=["POST"]), Route("/stats", stats)])
+app = Starlette(
+    routes=[
+        Route("/orders", place_order, methods=["POST"]),
+        Route("/stats", stats),
+        Mount("/jobs", create_dashboard(jobs)),
+    ]
+)

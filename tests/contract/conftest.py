@@ -179,21 +179,22 @@ class Harness:
         return handle.id
 
 
+# Workers beat every second (heartbeat_interval), so that test_heartbeats.py sees them soon.
 BACKENDS: dict[str, dict[str, Any]] = {
     "inline": {"workers": {"mode": "ForegroundBlocking"}},
-    "inprocess": {"workers": {"mode": "BackgroundAsync", "concurrency": 4}},
+    "inprocess": {"workers": {"mode": "BackgroundAsync", "concurrency": 4, "heartbeat_interval": 1}},
     # the app's own mode is replaced by the recorder for the whole test (see the harness)
     "recording": {"workers": {"mode": "ForegroundBlocking"}},
     "redis": {
-        "workers": {"mode": "BackgroundQueue"},
+        "workers": {"mode": "BackgroundQueue", "heartbeat_interval": 1},
         "queue": {"kind": "Redis", "uri": redis_url("contract")},
     },
     "postgres": {
-        "workers": {"mode": "BackgroundQueue"},
+        "workers": {"mode": "BackgroundQueue", "heartbeat_interval": 1},
         "queue": {"kind": "Postgres", "uri": PG_URL, "table_prefix": sql_prefix("contract")},
     },
     "sqlite": {
-        "workers": {"mode": "BackgroundQueue"},
+        "workers": {"mode": "BackgroundQueue", "heartbeat_interval": 1},
         # the file is per session: see the harness
         "queue": {
             "kind": "Sqlite",
@@ -202,7 +203,7 @@ BACKENDS: dict[str, dict[str, Any]] = {
         },
     },
     "rabbitmq": {
-        "workers": {"mode": "BackgroundQueue"},
+        "workers": {"mode": "BackgroundQueue", "heartbeat_interval": 1},
         # the vhost is per session: see the harness
         "queue": {
             "kind": "RabbitMQ",

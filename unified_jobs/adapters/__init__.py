@@ -36,7 +36,13 @@ def build(
         from unified_jobs.adapters.memory_store import MemoryJobStore
 
         workers = config.workers
-        return InProcessAdapter(executor, workers.concurrency, workers.shutdown_timeout, MemoryJobStore(keep))
+        return InProcessAdapter(
+            executor,
+            workers.concurrency,
+            workers.shutdown_timeout,
+            MemoryJobStore(keep),
+            heartbeat_interval=workers.heartbeat_interval,
+        )
     if mode == "BackgroundQueue":
         from unified_jobs.adapters.celery.adapter import CeleryQueueAdapter
 

@@ -142,8 +142,19 @@ class Adapter(ABC):
         )
         return True
 
+    @property
+    def can_run_now(self) -> bool:
+        """Whether ``run_now`` can make a waiting job due now here (for a dashboard's button):
+        not where nothing waits (ForegroundBlocking), nor where the store cannot reach the
+        waiting message (the RabbitMQ kind)."""
+        return self.capabilities.delay and self.store.can_run_now
+
     def run_now(self, job_id: str) -> bool:
-        """Make a job that waits for its ``run_at`` due now; False if it is not waiting so."""
+        """Make a job that waits for its ``run_at`` due now; False if it is not waiting so.
+
+        The store moves it where the store holds the waiting message too (the Redis kind's
+        delayed sets, the SQL rows); an adapter that holds delayed jobs itself (the in-process
+        pool) overrides this to move its own copy as well."""
         return self.store.run_now(job_id)
 
     def cancel(self, job_id: str) -> bool:

@@ -35,20 +35,25 @@ import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import replace
+from datetime import datetime
 from typing import Any, ClassVar
 
 from unified_jobs.adapters.base import Adapter
+from unified_jobs.adapters.heartbeat import Heartbeat
 from unified_jobs.adapters.memory_store import MemoryJobStore
 from unified_jobs.adapters.ready import ReadyJobs
 from unified_jobs.core.executor import Executor
+from unified_jobs.core.heartbeat import IN_PROCESS
 from unified_jobs.core.job import Job, utcnow
 from unified_jobs.core.limits import CancelToken
+from unified_jobs.core.monitor import WorkerBeat
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.store import JobStore
 from unified_jobs.errors import ShutdownError
@@ -88,12 +93,19 @@ class InProcessAdapter(Adapter):
     kind: ClassVar[str] = "BackgroundAsync"
 
     def __init__(
-        self, executor: Executor, concurrency: int, shutdown_timeout: float, store: JobStore | None = None
+        self,
+        executor: Executor,
+        concurrency: int,
+        shutdown_timeout: float,
+        store: JobStore | None = None,
+        *,
+        heartbeat_interval: float = 10.0,
     ) -> None:
         self.executor = executor
         self.store = store if store is not None else MemoryJobStore()
         self._concurrency = concurrency
         self._shutdown_timeout = shutdown_timeout
+        self._heartbeat_interval = heartbeat_interval
         self._stopped = False
         self._reset()
         _pools.add(self)
@@ -119,15 +131,22 @@ class InProcessAdapter(Adapter):
         self._inbox_armed = False  # the loop is due to look at the inbox
         # The running async jobs' tasks, by token: the loop keeps only weak references.
         self._tasks: dict[CancelToken, asyncio.Task[None]] = {}
+        # What the executor's observers captured where each job was enqueued (the trace
+        # context: pool threads do not inherit the enqueuer's contextvars), until it ends.
+        self._parents: dict[str, Any] = {}
+        self._heartbeat: Heartbeat | None = None  # from the first job on (see _beat)
 
     # -- taking jobs -------------------------------------------------------------------------
 
     def enqueue(self, job: Job) -> None:
+        parent = self.executor.capture() if self.executor.observers else None
         with self._lock:
             if self._stopped:
                 raise ShutdownError(f"the BackgroundAsync pool is shut down; job {job.id} was not taken")
             if not self._threads:
                 self._start()
+            if parent is not None:
+                self._parents[job.id] = parent
             self.store.record_enqueued((job,))
             fifo = self._ready.fifo(job.priority) if job.run_at is None else None
             if fifo is not None:
@@ -211,6 +230,9 @@ class InProcessAdapter(Adapter):
             t = threading.Thread(target=self._work, name=f"unified-jobs-worker-{n}", daemon=True)
             t.start()
             self._threads.append(t)
+        started_at = utcnow()
+        self._heartbeat = Heartbeat(self.store, lambda: self._beat(started_at), self._heartbeat_interval)
+        self._heartbeat.start()
 
     # -- running sync jobs (pool threads) ----------------------------------------------------
 
@@ -221,7 +243,8 @@ class InProcessAdapter(Adapter):
             retry: Job | None = None
             try:
                 if not self.store.record_started(job).cancelled:
-                    outcome = self.executor.run(job, run_coroutine=self._on_loop)
+                    parent = self._parents.get(job.id) if self._parents else None
+                    outcome = self.executor.run(job, run_coroutine=self._on_loop, parent=parent)
                     retry = self._settle(job, outcome)
             except BaseException:  # even SystemExit from a job leaves the pool's books right
                 mine = self._finish(job, retry, on_loop=False)
@@ -264,7 +287,8 @@ class InProcessAdapter(Adapter):
         retry: Job | None = None
         try:
             if not self.store.record_started(job).cancelled:
-                outcome = await self.executor.arun(job, token=token)
+                parent = self._parents.get(job.id) if self._parents else None
+                outcome = await self.executor.arun(job, token=token, parent=parent)
                 retry = self._settle(job, outcome)
         finally:
             del self._tasks[token]
@@ -300,6 +324,8 @@ class InProcessAdapter(Adapter):
         From a pool thread, returns the next job if it is sync: for that thread to run.
         """
         self._running.pop(job.id, None)
+        if retry is None and self._parents:
+            self._parents.pop(job.id, None)
         if retry is None and not self._stopped:
             # The fast way: hand the place on. While this job holds its place the pool is not
             # idle, so close() is still waiting, or stopped it with jobs running.
@@ -337,6 +363,7 @@ class InProcessAdapter(Adapter):
                 self._send_to_loop(to_loop)
         if not_retried:
             assert retry is not None
+            self._parents.pop(retry.id, None)
             self.store.cancel(retry.id)
             logger.error(
                 "job %s (%s) was not retried: the app shut down first; args=%s",
@@ -368,11 +395,27 @@ class InProcessAdapter(Adapter):
             with self._lock:  # a delayed job leaves the heap (close() does not wait for it)
                 kept = [entry for entry in self._delayed if entry[2].id != job_id]
                 if len(kept) != len(self._delayed):
+                    self._parents.pop(job_id, None)
                     heapq.heapify(kept)
                     self._delayed = kept
                     self._cond.notify_all()
             return True
         return self.executor.cancel(job_id)
+
+    def run_now(self, job_id: str) -> bool:
+        """A delayed job (or a retry waiting for its backoff) leaves the timer's heap for the
+        ready jobs, and its record says so."""
+        with self._lock:
+            entry = next((e for e in self._delayed if e[2].id == job_id), None)
+            if entry is None or not self.store.run_now(job_id):
+                return False
+            self._delayed.remove(entry)
+            heapq.heapify(self._delayed)
+            self._ready.push(entry[2])
+            to_loop = self._dispatch(locked=True)[0] if self._places else None
+        if to_loop:
+            self._send_to_loop(to_loop)
+        return True
 
     # -- stopping ----------------------------------------------------------------------------
 
@@ -405,9 +448,28 @@ class InProcessAdapter(Adapter):
             logger.error("job %s (%s) was still running at shutdown and may not finish", job.id, job.name)
         if self._loop is not None and idle:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+
+    def _beat(self, started_at: datetime) -> WorkerBeat:
+        """The pool's heartbeat, into its own store (for a dashboard in this process): kind
+        ``in-process``, which takes jobs from memory and never polls (no ``polled_at``)."""
+        return WorkerBeat(
+            id=f"in-process@{socket.gethostname()}:{os.getpid()}",
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=tuple(sorted({w.queue for w in list(self.executor.workers.values())})),
+            concurrency=self._concurrency,
+            current=tuple(sorted(self._running)),
+            started_at=started_at,
+            beat_at=utcnow(),
+            kind=IN_PROCESS,
+            interval=self._heartbeat_interval,
+        )
 
     def _not_run(self, jobs: list[Job]) -> None:
         for job in jobs:
+            self._parents.pop(job.id, None)
             self.store.cancel(job.id)
             logger.error(
                 "job %s (%s) was not run: the app shut down first; queue=%s run_at=%s args=%s",

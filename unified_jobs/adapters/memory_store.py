@@ -7,6 +7,10 @@ The lifecycle hooks run once or twice per job on the pool's hot path, so a job i
 small mutable record holding the ``Job`` as it was enqueued, with times as ``time.time()``
 floats; the ``JobInfo`` (the arguments parsed from JSON, aware datetimes) is built only when
 someone reads it, and every read gets a fresh copy.
+
+The monitor reads (``jobs``, ``status_counts``, ``queue_stats``) look at every record: there
+is no index to keep up on the hot path, and an in-process store holds thousands of jobs, not
+millions. Throughput is counted per minute under the stripe lock each outcome takes anyway.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import datetime, timezone
 
+from unified_jobs.adapters.memory_heartbeats import MemoryHeartbeats
 from unified_jobs.core.job import Job, JobInfo, JobStatus
+from unified_jobs.core.monitor import SEARCH_LIMIT, JobPage, JobQuery, QueueStats, ThroughputBucket
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.store import JobStore, StartCheck
 
@@ -39,6 +45,8 @@ _STRIPE_MASK = _STRIPES - 1
 # StartCheck is frozen: one of each is enough.
 _STARTED = StartCheck(deliveries=1)
 _CANCELLED = StartCheck(cancelled=True)
+#: Minutes of throughput kept (``throughput`` reads older minutes as 0).
+THROUGHPUT_MINUTES = 65
 
 
 class _Record:
@@ -46,6 +54,7 @@ class _Record:
 
     __slots__ = (
         "attempts",
+        "changed",
         "finished",
         "job",
         "last_error",
@@ -66,15 +75,24 @@ class _Record:
         self.run_at = job.run_at
         self.started: float | None = None  # time.time()
         self.finished: float | None = None
+        #: time.time() of the last change of status: what the monitor reads sort by.
+        self.changed = time.time()
 
-    def info(self) -> JobInfo:
+    def status_at(self, now: datetime) -> JobStatus:
+        """The status as reads report it: a scheduled job that fell due is queued."""
+        status = self.status
+        if status == "scheduled" and (self.run_at is None or self.run_at <= now):
+            return "queued"
+        return status
+
+    def info(self, now: datetime | None = None) -> JobInfo:
         job = self.job
         return JobInfo(
             id=job.id,
             worker=job.name,
             queue=job.queue,
             args=_args_of(job),
-            status=self.status,
+            status=self.status_at(now or datetime.now(timezone.utc)),
             attempts=self.attempts,
             last_error=self.last_error,
             traceback=self.traceback,
@@ -86,13 +104,15 @@ class _Record:
         )
 
 
-class MemoryJobStore(JobStore):
+class MemoryJobStore(MemoryHeartbeats, JobStore):
     """Thread-safe. The lifecycle hooks of different jobs take no common lock: each job's
     changes are made under one of ``_STRIPES`` locks picked by its id, and adding a job is one
     (atomic) dict assignment. A lock every job on every thread takes turns, under the GIL, into
     a convoy that costs a thread switch per acquisition; the store-wide lock is left to what is
     rare: reads, forgetting expired jobs (in batches), discarding, an id enqueued again.
     """
+
+    can_run_now = True
 
     def __init__(self, keep_completed: float = 86_400.0, size: int = 10_000) -> None:
         self._keep = keep_completed
@@ -101,6 +121,9 @@ class MemoryJobStore(JobStore):
         self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
         self._jobs: dict[str, _Record] = {}
         self._completed: OrderedDict[str, float] = OrderedDict()  # id -> monotonic finish time
+        # Jobs ended per minute, one table per stripe (written under its lock):
+        # minute (epoch // 60) -> [completed, failed].
+        self._ended: tuple[dict[int, list[int]], ...] = tuple({} for _ in range(_STRIPES))
         # Unique jobs, under self._lock: key -> (holder's id, monotonic expiry); id -> key.
         self._unique: dict[str, tuple[str, float]] = {}
         self._unique_of: dict[str, str] = {}
@@ -163,10 +186,26 @@ class MemoryJobStore(JobStore):
             if record.status not in ("queued", "scheduled", "retrying"):
                 return False
             record.status = "cancelled"
-            record.finished = time.time()
+            record.finished = record.changed = time.time()
         if self._unique_of:
             with self._lock:
                 self._release(job_id)
+        return True
+
+    def run_now(self, job_id: str) -> bool:
+        """The record only: the pool that holds a delayed job (``InProcessAdapter``) moves it
+        itself; the test recorder runs every job when asked anyway."""
+        record = self._jobs.get(job_id)
+        if record is None:
+            return False
+        now = datetime.now(timezone.utc)
+        with self._stripe(job_id):
+            due = record.run_at
+            if record.status not in ("scheduled", "retrying") or due is None or due <= now:
+                return False
+            record.run_at = now  # a scheduled job is queued now; a retry stays retrying
+            if record.status == "scheduled":
+                record.status = "queued"
         return True
 
     # -- unique jobs -------------------------------------------------------------------------
@@ -241,7 +280,7 @@ class MemoryJobStore(JobStore):
                 return _CANCELLED
             record.status = "processing"
             record.attempts = job.attempt
-            record.started = time.time()
+            record.started = record.changed = time.time()
         return _STARTED
 
     def record_outcome(self, job: Job, outcome: Outcome) -> None:
@@ -249,8 +288,10 @@ class MemoryJobStore(JobStore):
         record = self._jobs.get(job_id)
         if record is None:
             return
-        with self._stripes[hash(job_id) & _STRIPE_MASK]:
+        stripe = hash(job_id) & _STRIPE_MASK
+        with self._stripes[stripe]:
             status = record.status = _SETTLED[outcome.kind]
+            now = record.changed = time.time()
             if outcome.attempt > record.attempts:
                 record.attempts = outcome.attempt
             if outcome.error_text is not None:
@@ -258,7 +299,9 @@ class MemoryJobStore(JobStore):
             if status == "retrying":
                 record.run_at = outcome.retry_at
                 return
-            record.finished = time.time()
+            record.finished = now
+            if status != "cancelled":
+                self._count_ended(self._ended[stripe], int(now // 60), status == "failed")
         if self._unique_of:  # the job ended: its key is free
             with self._lock:
                 self._release(job_id)
@@ -270,6 +313,95 @@ class MemoryJobStore(JobStore):
             if len(completed) > self._size + _TRIM_BATCH:
                 with self._lock:
                     self._expire(time.monotonic())
+
+    @staticmethod
+    def _count_ended(counts: dict[int, list[int]], minute: int, failed: bool) -> None:
+        # Under the stripe's lock.
+        counted = counts.get(minute)
+        if counted is None:
+            counted = counts[minute] = [0, 0]
+            for old in [m for m in counts if m <= minute - THROUGHPUT_MINUTES]:
+                del counts[old]
+        counted[1 if failed else 0] += 1
+
+    # -- what the dashboard reads ----------------------------------------------------------
+
+    def _snapshot(self) -> list[_Record]:
+        """Every record, after forgetting the expired ones (so reads agree with ``get``)."""
+        with self._lock:
+            self._expire(time.monotonic())
+        return list(self._jobs.values())  # list() of a dict is atomic
+
+    def jobs(self, query: JobQuery) -> JobPage:
+        now = datetime.now(timezone.utc)
+        candidates = [
+            r
+            for r in self._snapshot()
+            if (query.status is None or r.status_at(now) == query.status)
+            and (query.queue is None or r.job.queue == query.queue)
+        ]
+        candidates.sort(key=lambda r: r.changed, reverse=True)
+        need = query.offset + query.limit + 1
+        searched: int | None = None
+        if query.worker is not None or query.text:
+            if len(candidates) > SEARCH_LIMIT:
+                candidates, searched = candidates[:SEARCH_LIMIT], SEARCH_LIMIT
+            candidates = [r for r in candidates if _matches(r.job, query.worker, query.text)]
+        if len(candidates) >= need:
+            searched = None  # the page is whole: the limit did not cut it short
+        page = candidates[query.offset : query.offset + query.limit]
+        infos = []
+        for record in page:
+            with self._stripe(record.job.id):
+                infos.append(record.info(now))
+        return JobPage(jobs=infos, more=len(candidates) > query.offset + query.limit, searched=searched)
+
+    def status_counts(self) -> dict[str, int]:
+        now = datetime.now(timezone.utc)
+        counts: dict[str, int] = {}
+        for record in self._snapshot():
+            status = record.status_at(now)
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def queue_stats(self) -> list[QueueStats]:
+        now = datetime.now(timezone.utc)
+        # name -> [queued, scheduled, processing, failed], oldest queued enqueue time
+        counts: dict[str, list[int]] = {}
+        oldest: dict[str, datetime] = {}
+        for record in self._snapshot():
+            job = record.job
+            row = counts.setdefault(job.queue, [0, 0, 0, 0])
+            status = record.status_at(now)
+            if status == "queued":
+                row[0] += 1
+                if job.queue not in oldest or job.enqueued_at < oldest[job.queue]:
+                    oldest[job.queue] = job.enqueued_at
+            elif status in ("scheduled", "retrying"):
+                row[1] += 1
+            elif status == "processing":
+                row[2] += 1
+            elif status == "failed":
+                row[3] += 1
+        return [
+            QueueStats(name, queued, scheduled, processing, failed, oldest.get(name))
+            for name, (queued, scheduled, processing, failed) in sorted(counts.items())
+        ]
+
+    def throughput(self, minutes: int = 60) -> list[ThroughputBucket]:
+        current = int(time.time() // 60)
+        first = current - max(1, minutes) + 1
+        totals = {minute: [0, 0] for minute in range(first, current + 1)}
+        for stripe, counts in zip(self._stripes, self._ended, strict=True):
+            with stripe:
+                for minute, (completed, failed) in counts.items():
+                    if minute in totals:
+                        totals[minute][0] += completed
+                        totals[minute][1] += failed
+        return [
+            ThroughputBucket(datetime.fromtimestamp(minute * 60, timezone.utc), completed, failed)
+            for minute, (completed, failed) in totals.items()
+        ]
 
     def _expire(self, now: float) -> None:
         """Forget completed jobs past ``keep_completed`` or beyond the newest ``size``.
@@ -306,6 +438,15 @@ if hasattr(os, "register_at_fork"):
 
 def _aware(stamp: float | None) -> datetime | None:
     return datetime.fromtimestamp(stamp, timezone.utc) if stamp is not None else None
+
+
+def _matches(job: Job, worker: str | None, text: str | None) -> bool:
+    if worker is not None and job.name != worker:
+        return False
+    if not text:
+        return True
+    needle = text.lower()
+    return needle in job.kwargs_json.lower() or (job.args_json != "[]" and needle in job.args_json.lower())
 
 
 def _args_of(job: Job) -> object:

@@ -97,21 +97,114 @@ class DoctorReport:
     metavar="SECONDS",
     help="How long to wait for the queue to answer.",
 )
+@click.option(
+    "--workers",
+    "probe_workers",
+    is_flag=True,
+    envvar="UNIFIED_JOBS_DOCTOR_WORKERS",
+    show_envvar=True,
+    help="Instead of the other checks, probe the worker processes by their heartbeats: list them, "
+    "and fail if none is alive or one is stalled (exit status: see above).",
+)
+@click.option(
+    "--stale-after",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    show_envvar=True,
+    metavar="SECONDS",
+    help="--workers: a live worker with a free slot that had not asked its queues for jobs for "
+    "longer than this when it wrote its last beat is stalled [default: workers.stale_after, 30].",
+)
+@click.option(
+    "--worker",
+    "worker_ids",
+    multiple=True,
+    envvar="UNIFIED_JOBS_DOCTOR_WORKER",
+    show_envvar=True,
+    metavar="ID",
+    help="--workers: probe only this worker: its id (<node name>:<pid>, as listed), its Celery "
+    "node name, or its pid (repeatable).",
+)
+@click.option(
+    "--this-host",
+    is_flag=True,
+    show_envvar=True,
+    help="--workers: probe only the workers on this host (its hostname), e.g. in a Kubernetes "
+    "liveness probe run in the worker's container.",
+)
+@click.option(
+    "--heartbeat-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    show_envvar=True,
+    metavar="PATH",
+    help="--workers: read the beat from this file (the worker's workers.heartbeat_file) instead of "
+    "the job store, so that the probe needs neither the store nor the app.",
+)
 @click.pass_obj
-def doctor(obj: Context, fix: bool, config_dir: str | None, timeout: float) -> None:
-    """Check the config, the queue and the registered workers.
+def doctor(
+    obj: Context,
+    fix: bool,
+    config_dir: str | None,
+    timeout: float,
+    probe_workers: bool,
+    stale_after: float | None,
+    worker_ids: tuple[str, ...],
+    this_host: bool,
+    heartbeat_file: Path | None,
+) -> None:
+    """Check the config, the queue and the registered workers; or, with --workers, probe the
+    worker processes.
 
     Loads the app (--app, UNIFIED_JOBS_APP or pyproject.toml) and says which env, mode and
     queue kind are in force; connects to the queue (Redis: PING; Postgres and SQLite: connect
     and check the queue's tables, which --fix creates); lists the registered workers with
     their queues and tags. Without an app, checks the config file alone (--config-dir).
     Every check runs; the exit status is 1 if any failed, with one FAIL line per problem.
+
+    --workers reads the heartbeats that every worker process writes into the queue's store
+    (every workers.heartbeat_interval s) and lists the workers seen: id, host, pid, queues,
+    busy slots, age of the last beat and of the last poll. A worker whose beat stopped is
+    gone; one that is alive and has a free slot, but had stopped asking its queues for jobs
+    (a stalled consumer), fails the probe; one whose every slot is busy does not.
+
+    \b
+    Exit status with --workers:
+      0  at least one live worker is seen (of those probed), and none is stalled
+      1  no live worker is seen (of those probed), or one is stalled
+      2  wrong usage
+      3  the heartbeats could not be read: the app or config did not load, the store did
+         not answer within --timeout, or the mode keeps none another process can read
     """
     report = DoctorReport()
+    workers_only = (stale_after, worker_ids, this_host, heartbeat_file)
+    if not probe_workers and any(option not in (None, (), False) for option in workers_only):
+        raise click.UsageError("--stale-after, --worker, --this-host and --heartbeat-file go with --workers")
+    if probe_workers and fix:
+        raise click.UsageError("--fix is not for --workers: run `unified-jobs doctor --fix` on its own")
+    if probe_workers and heartbeat_file is not None:
+        from unified_jobs.cli import doctor_workers
+
+        doctor_workers.probe_file(
+            report, heartbeat_file, stale_after=stale_after, worker_ids=worker_ids, this_host=this_host
+        )
     env = os.environ.get(ENV_VAR) or DEFAULT_ENV
     source = f"from --env or {ENV_VAR}" if os.environ.get(ENV_VAR) else "the default"
     report.info("env", f"{env} ({source})")
     jobs, config = _load(obj, report, env, Path(config_dir) if config_dir else config_dir_default())
+    if probe_workers:
+        from unified_jobs.cli import doctor_workers
+
+        if config is None:
+            raise click.exceptions.Exit(doctor_workers.EXIT_CANNOT_TELL)
+        doctor_workers.probe_store(
+            report,
+            config,
+            stale_after=stale_after,
+            worker_ids=worker_ids,
+            this_host=this_host,
+            timeout=timeout,
+        )
     if config is not None:
         _describe(report, config, jobs)
         if config.workers.mode == "BackgroundQueue" and config.queue is not None:

@@ -1,6 +1,8 @@
 """``unified-jobs start``: a worker process (``-w``), the web server and the workers in one
 process (``-s``), or a process that only runs the schedules (``--scheduler``). Worker processes
-(``-w``, ``-s``) run a scheduler thread too, unless ``--no-scheduler``."""
+(``-w``, ``-s``) run a scheduler thread too, unless ``--no-scheduler``, and serve Prometheus
+metrics with ``--metrics-port`` (``-w``: summed over its pool processes, in prometheus-client's
+multiprocess mode)."""
 
 from __future__ import annotations
 
@@ -82,6 +84,23 @@ logger = logging.getLogger(__name__)
 @click.option(
     "--port", "-p", type=click.IntRange(0, 65535), default=None, help="-s: port [default: server.port]."
 )
+@click.option(
+    "--metrics-port",
+    "metrics_port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    metavar="PORT",
+    help="-w/-s: serve Prometheus metrics at http://ADDR:PORT/metrics from this process (-w: summed "
+    "over its pool processes). Needs the metrics extra.",
+)
+@click.option(
+    "--metrics-binding",
+    "metrics_binding",
+    default="127.0.0.1",
+    show_default=True,
+    metavar="ADDR",
+    help="-w/-s: address the metrics server binds (0.0.0.0: every interface).",
+)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED, metavar="[-- CELERY WORKER OPTIONS]")
 @click.pass_obj
 def start(
@@ -99,6 +118,8 @@ def start(
     server_app: str | None,
     host: str | None,
     port: int | None,
+    metrics_port: int | None,
+    metrics_binding: str,
     celery_args: tuple[str, ...],
 ) -> None:
     """Start a worker (-w), or the web server with the workers in the same process (-s).
@@ -124,6 +145,14 @@ def start(
         raise click.UsageError("say what to start: --worker (-w), --server-and-worker (-s) or --scheduler")
     if no_scheduler and scheduler_only:
         raise click.UsageError("--no-scheduler is for -w and -s; --scheduler runs only the scheduler")
+    if metrics_port is not None and scheduler_only:
+        raise click.UsageError("--metrics-port is for -w and -s: a --scheduler process runs no jobs")
+    if metrics_port is not None and worker:
+        from unified_jobs.observability import multiprocess
+
+        # Before the app is imported: every metric made from now on (the user's too) counts in
+        # files the pool processes share, and the main process serves their sum.
+        multiprocess.prepare()
     jobs = obj.jobs()
     if scheduler_only:
         run_scheduler(jobs, tags=tags, loglevel=loglevel)
@@ -138,6 +167,8 @@ def start(
             hostname=hostname,
             celery_args=celery_args,
             scheduler=not no_scheduler,
+            metrics_port=metrics_port,
+            metrics_binding=metrics_binding,
         )
     else:
         run_server_and_worker(
@@ -150,6 +181,8 @@ def start(
             concurrency=concurrency,
             loglevel=loglevel,
             scheduler=not no_scheduler,
+            metrics_port=metrics_port,
+            metrics_binding=metrics_binding,
         )
 
 
@@ -202,10 +235,12 @@ def run_worker(
     hostname: str | None = None,
     celery_args: tuple[str, ...] = (),
     scheduler: bool = True,
+    metrics_port: int | None = None,
+    metrics_binding: str = "127.0.0.1",
 ) -> None:
     """Run a Celery worker for the app in the foreground (what ``start --worker`` does), with a
     scheduler thread in its main process if the app has schedules (unless ``scheduler`` is
-    false)."""
+    false), and with ``metrics_port``, Prometheus metrics served from its main process."""
     if jobs.mode != "BackgroundQueue":
         where = "in the calling thread" if jobs.mode == "ForegroundBlocking" else "inside your app's process"
         raise UnifiedJobsError(
@@ -233,8 +268,29 @@ def run_worker(
 
         thread = jobs._scheduler()
         with_worker(jobs.celery, thread.start, thread.stop)
+    if metrics_port is not None:
+        _serve_worker_metrics(jobs, metrics_port, metrics_binding)
     jobs.celery.worker_main(argv=argv)
     sys.exit(0)
+
+
+def _serve_worker_metrics(jobs: Jobs, port: int, binding: str) -> None:
+    """Metrics of every pool process, served from this (main) process: started before the pool
+    forks, so that its processes inherit the metrics on the executor and count in the shared
+    directory (made now if ``start`` did not)."""
+    from unified_jobs import observability
+    from unified_jobs.observability import multiprocess
+
+    folder = multiprocess.prepare()
+    host, bound = observability.serve_metrics(jobs, port, binding)
+    jobs.celery_bridge().on_pool_process_exit(multiprocess.process_exited)
+    click.echo(
+        f"metrics: http://{_url_host(host)}:{bound}/metrics (pool processes count in {folder})", err=True
+    )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def run_server_and_worker(
@@ -248,9 +304,12 @@ def run_server_and_worker(
     concurrency: int | None = None,
     loglevel: str = "INFO",
     scheduler: bool = True,
+    metrics_port: int | None = None,
+    metrics_binding: str = "127.0.0.1",
 ) -> None:
     """Serve the ASGI app with uvicorn, and run the jobs in this process too (and a scheduler
-    thread, unless ``scheduler`` is false; BackgroundAsync apps run their own)."""
+    thread, unless ``scheduler`` is false; BackgroundAsync apps run their own); with
+    ``metrics_port``, Prometheus metrics of this one process on their own port."""
     try:
         import uvicorn
     except ImportError:
@@ -267,6 +326,11 @@ def run_server_and_worker(
         )
     asgi = import_string(spec, what="--server")
     logging.basicConfig(level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if metrics_port is not None:
+        from unified_jobs import observability
+
+        host_bound, port_bound = observability.serve_metrics(jobs, metrics_port, metrics_binding)
+        click.echo(f"metrics: http://{_url_host(host_bound)}:{port_bound}/metrics", err=True)
     embedded = None
     thread = None
     if jobs.mode == "BackgroundQueue" and scheduler and _schedules_to_run(jobs):

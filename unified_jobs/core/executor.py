@@ -3,6 +3,11 @@
 Every adapter (inline, the in-process pool, the Celery task of a queue worker, the test
 recorder) hands a ``Job`` to ``Executor.run`` and settles the ``Outcome`` it gets back its own
 way: the retry policy, the time limit and cancellation are decided here once.
+
+Metrics and tracing hook in here once too, as ``JobObserver``s (``Executor.observers``, see
+``core.observers``; the implementations live in ``unified_jobs.observability``, so the core
+imports neither prometheus-client nor OpenTelemetry). Without observers an attempt costs one
+attribute test more.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from pydantic import ValidationError
 from unified_jobs._async import run_coroutine_sync
 from unified_jobs.core.job import Job, load_args, utcnow
 from unified_jobs.core.limits import CancelToken, watchdog
+from unified_jobs.core.observers import JobObserver, Observed
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.retry import NO_RETRY, Retry, RetryRequested, seconds
 from unified_jobs.errors import NotRegisteredError, TimeLimitExceeded
@@ -26,7 +32,7 @@ from unified_jobs.errors import NotRegisteredError, TimeLimitExceeded
 if TYPE_CHECKING:
     from unified_jobs.worker import Worker
 
-__all__ = ["CoroutineRunner", "Executor", "TaskRunner"]
+__all__ = ["CoroutineRunner", "Executor", "JobObserver", "TaskRunner"]
 
 #: Runs a coroutine to its end from sync code (each adapter has its own loop policy).
 CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Any]
@@ -35,7 +41,7 @@ CoroutineRunner = Callable[[Coroutine[Any, Any, Any]], Any]
 TaskRunner = Callable[[Job], "Callable[[], Any] | None"]
 
 
-class Executor:
+class Executor(Observed):
     """Runs jobs of the workers in ``workers`` (a live mapping: later registrations count).
 
     ``default_retry`` applies to workers without a ``retry`` of their own (the config's
@@ -59,6 +65,13 @@ class Executor:
         # perform function -> is it an ``async def``? (keyed by the function, so a class whose
         # ``perform`` is replaced is looked at again)
         self._async_perform: dict[Any, bool] = {}
+        self.observers: tuple[JobObserver, ...] = ()  # see Observed
+
+    def settled_elsewhere(self, job: Job, outcome: Outcome) -> None:
+        """Tell the observers of a delivery that ended outside ``run`` (see ``JobObserver``);
+        as for ``run``, only of a registered Worker's job."""
+        if job.name in self.workers:
+            super().settled_elsewhere(job, outcome)
 
     # -- what a job is -----------------------------------------------------------------------
 
@@ -104,24 +117,55 @@ class Executor:
         *,
         token: CancelToken | None = None,
         run_coroutine: CoroutineRunner = run_coroutine_sync,
+        parent: Any = None,
     ) -> Outcome:
         """Run one attempt of ``job`` (its ``attempt`` field says which) and tell how it went.
 
         Never raises for the job's own failure; ``SystemExit`` and ``KeyboardInterrupt`` from
-        the job become a failed outcome too, so no caller's thread dies of a job.
+        the job become a failed outcome too, so no caller's thread dies of a job. ``parent``
+        is for the observers (``JobObserver.starting``): the message's headers in a queue
+        worker, what ``capture`` returned where the job was handed over, or ``None``.
         """
+        if self.observers and job.name in self.workers:
+            return self._run_observed(job, token, run_coroutine, parent)
         token = token or _Token()
         call = self._prepared(job, token)
         if isinstance(call, Outcome):
             return call
         return self._run_call(job, token, call, run_coroutine)
 
-    async def arun(self, job: Job, *, token: CancelToken | None = None) -> Outcome:
+    def _run_observed(
+        self, job: Job, token: CancelToken | None, run_coroutine: CoroutineRunner, parent: Any
+    ) -> Outcome:
+        started = self._starting(job, parent)
+        try:
+            token = token or _Token()
+            call = self._prepared(job, token)
+            outcome = call if isinstance(call, Outcome) else self._run_call(job, token, call, run_coroutine)
+        except BaseException as exc:  # not the job's (run() returns those): the observers still end
+            self._ended(job, Outcome.from_error("failed", exc, job.attempt), started)
+            raise
+        self._ended(job, outcome, started)
+        return outcome
+
+    async def arun(self, job: Job, *, token: CancelToken | None = None, parent: Any = None) -> Outcome:
         """``run`` for the caller's event loop: an ``async def perform`` is awaited on it.
 
         A ``token`` given already bound to the task that awaits this (``new_token``, then
         ``bind_task``) saves looking the task up.
         """
+        if self.observers and job.name in self.workers:
+            started = self._starting(job, parent)
+            try:
+                outcome = await self._arun(job, token)
+            except BaseException as exc:  # as in _run_observed
+                self._ended(job, Outcome.from_error("failed", exc, job.attempt), started)
+                raise
+            self._ended(job, outcome, started)
+            return outcome
+        return await self._arun(job, token)
+
+    async def _arun(self, job: Job, token: CancelToken | None) -> Outcome:
         token = token or _Token()
         call = self._prepared(job, token)
         if isinstance(call, Outcome):

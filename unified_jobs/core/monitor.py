@@ -14,21 +14,32 @@ from unified_jobs.core.job import JobInfo, JobStatus
 
 __all__ = ["SEARCH_LIMIT", "JobPage", "JobQuery", "QueueStats", "ThroughputBucket", "WorkerBeat"]
 
-#: A query with a filter the store has no index for (text in the arguments, a worker or a
-#: queue on Redis) looks at no more than this many of the newest jobs of the status asked.
+#: A query with a filter the store has no index for (text in the arguments on every store; a
+#: worker on Redis and in memory) looks at no more than this many of the newest jobs of the
+#: status asked, and says so (``JobPage.searched``) when it stopped there.
 SEARCH_LIMIT = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class JobQuery:
-    """Which jobs to list: every filter given must match; newest first."""
+    """Which jobs to list: every filter given must match.
+
+    Newest first, by the time the job entered the state it is listed in: its enqueue (queued
+    and scheduled; a scheduled job that fell due keeps its enqueue time), its start
+    (processing), the end of the failed attempt (retrying), its end (completed, failed,
+    cancelled).
+    """
 
     #: One status, or ``None`` for every status.
     status: JobStatus | None = None
     #: A worker's name (the Celery task name).
     worker: str | None = None
     queue: str | None = None
-    #: Case-insensitive text the job's arguments (as JSON) contain.
+    #: Text the job's arguments contain, case-insensitive for ASCII letters (others may
+    #: compare case-sensitively). Matched against the arguments as the store keeps them: their
+    #: JSON in memory and on Redis, the Celery message's body (args, kwargs and Celery's own
+    #: options) on the SQL kinds. Search for values (a name, an id), not JSON punctuation,
+    #: whose spacing differs between stores.
     text: str | None = None
     limit: int = 50
     offset: int = 0
@@ -52,7 +63,8 @@ class QueueStats:
     name: str
     #: Due now, waiting for a worker.
     queued: int = 0
-    #: Waiting for their ``run_at`` (a delayed job, or a retry's backoff).
+    #: Waiting for their ``run_at``: delayed jobs, and retries (a retry counts here until its
+    #: next attempt starts, its backoff over or not).
     scheduled: int = 0
     processing: int = 0
     failed: int = 0
@@ -84,7 +96,9 @@ class WorkerBeat:
     started_at: datetime
     #: When it wrote this beat.
     beat_at: datetime
-    #: When it last asked its queues for jobs (``None``: not known, e.g. a broker that pushes).
+    #: When it last asked its queues for jobs (on RabbitMQ, which pushes: when its event loop
+    #: last found its task consumer in place; see ``core.heartbeat``). ``None``: not since it
+    #: started, or never (an in-process pool takes jobs from memory).
     polled_at: datetime | None = None
     #: ``"worker"`` (``unified-jobs start --worker``, ``celery worker``) or ``"in-process"``.
     kind: str = "worker"

@@ -49,9 +49,14 @@ class JobStore(ABC):
         """Mark a job that has not started (queued, scheduled, retrying) cancelled; False if
         it was not waiting."""
 
+    #: Whether ``run_now`` can make a waiting job due now (False where the waiting message is
+    #: out of the store's reach, such as in RabbitMQ's delay queues).
+    can_run_now: bool = False
+
     def run_now(self, job_id: str) -> bool:
-        """Make a job that waits for its ``run_at`` (delayed, or a retry's backoff) due now;
-        False if it was not waiting so, or the store cannot move it (see ``Adapter.run_now``)."""
+        """Make a job that waits for its ``run_at`` (delayed, or a retry's backoff) due now,
+        the same job (id, attempt): a scheduled job is queued then, a retry stays retrying;
+        False if it was not waiting so, or the store cannot move it (``can_run_now``)."""
         return False
 
     def request_cancel(self, job_id: str) -> bool:
@@ -73,12 +78,16 @@ class JobStore(ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot count jobs")
 
     def queue_stats(self) -> list[QueueStats]:
-        """Every queue the store knows a job of, by name."""
+        """Every queue the store knows a job of, by name (the SQL kinds: every queue with a job
+        waiting, running or failed, or that a live worker consumes; finding the others would
+        cost a scan of the whole history)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no queue statistics")
 
     def throughput(self, minutes: int = 60) -> list[ThroughputBucket]:
         """Jobs that ended in each of the last ``minutes`` minutes, oldest first, one bucket
-        per minute (the current minute last), empty minutes included."""
+        per minute (the current minute last), empty minutes included. Redis and memory keep
+        65 minutes of counts (older minutes read 0); the SQL kinds count the rows, so
+        completed jobs only with ``on_ack: complete`` (the default)."""
         raise NotImplementedError(f"{type(self).__name__} keeps no throughput")
 
     def record_heartbeat(self, beat: WorkerBeat) -> None:

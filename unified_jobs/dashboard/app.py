@@ -9,6 +9,7 @@ the event loop of the app the dashboard is mounted in.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -23,10 +24,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from unified_jobs import __version__
-from unified_jobs.core.job import STATUSES
+from unified_jobs.core.job import STATUSES, JobInfo
 from unified_jobs.dashboard import views
 from unified_jobs.dashboard.chart import throughput_svg
 from unified_jobs.dashboard.security import Credentials, SecurityMiddleware, check_csrf
+from unified_jobs.errors import MissingDependencyError
 from unified_jobs.jobs import Jobs
 
 __all__ = ["create_app"]
@@ -90,6 +92,9 @@ class Dashboard:
         self.templates = _templates()
 
     # -- helpers ------------------------------------------------------------------------------
+
+    def actions_for(self, info: JobInfo) -> list[str]:
+        return views.actions_for(info, self.jobs.adapter.can_run_now)
 
     def render(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         flash = request.cookies.get(FLASH_COOKIE)
@@ -182,7 +187,7 @@ class Dashboard:
             prev_url=f"?{urlencode({**base, 'page': page - 1})}" if page > 1 else None,
             next_url=f"?{urlencode({**base, 'page': page + 1})}" if data.page.more else None,
             args_text=views.args_text,
-            actions_for=views.actions_for,
+            actions_for=self.actions_for,
             here=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""),
             problems=data.problems,
         )
@@ -207,7 +212,7 @@ class Dashboard:
             page="jobs",
             info=info,
             args_text=views.args_text,
-            job_actions=views.actions_for(info) if info is not None else [],
+            job_actions=self.actions_for(info) if info is not None else [],
             problems=problems,
         )
 
@@ -219,13 +224,12 @@ class Dashboard:
             page="scheduled",
             data=data,
             args_text=views.args_text,
+            actions_for=self.actions_for,
             problems=data.problems,
         )
 
     async def workers(self, request: Request) -> Response:
-        beats, problems = await run_in_threadpool(views.workers, self.jobs)
-        now = datetime.now(timezone.utc)
-        rows = [(beat, views.beat_state(beat, now)) for beat in beats]
+        rows, problems = await run_in_threadpool(views.workers, self.jobs)
         return self.render(request, "workers.html", page="workers", rows=rows, problems=problems)
 
     # -- actions ------------------------------------------------------------------------------
@@ -309,15 +313,23 @@ class Dashboard:
         return self._done(self._back(request, _path(request, "scheduled")), said)
 
     async def metrics(self, request: Request) -> Response:
+        from unified_jobs.observability import render_metrics
+
         try:
-            from unified_jobs.observability.metrics import render_metrics
-        except ImportError as exc:
-            return PlainTextResponse(
-                f"metrics need prometheus-client: pip install 'unified-jobs[metrics]' ({exc})",
-                status_code=501,
-            )
-        body, content_type = await run_in_threadpool(render_metrics, self.jobs)
+            accept = request.headers.get("accept")
+            body, content_type = await run_in_threadpool(render_metrics, self.jobs, accept)
+        except MissingDependencyError as exc:
+            return PlainTextResponse(str(exc), status_code=501)
         return Response(body, media_type=content_type)
+
+
+def _count_from_now(jobs: Jobs) -> None:
+    """Metrics (when prometheus-client is installed) count this process' enqueues from now
+    on, not from the first scrape of /metrics."""
+    from unified_jobs.observability import enable_metrics
+
+    with contextlib.suppress(MissingDependencyError):  # /metrics says how to install it
+        enable_metrics(jobs)
 
 
 def create_app(
@@ -337,6 +349,7 @@ def create_app(
     config = jobs.config.dashboard
     creds = credentials if credentials is not None else Credentials.from_config(config)
     dash = Dashboard(jobs, config.read_only if read_only is None else read_only)
+    _count_from_now(jobs)
     routes = [
         Route("/", dash.home, name="home"),
         Route("/queues", dash.queues, name="queues"),

@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 from unified_jobs._uri import mask_uri
+from unified_jobs.core.heartbeat import Liveness, judge
 from unified_jobs.core.job import FINISHED, STATUSES, JobInfo, JobStatus
 from unified_jobs.core.monitor import JobPage, JobQuery, QueueStats, ThroughputBucket, WorkerBeat
 from unified_jobs.jobs import Jobs
@@ -24,7 +25,6 @@ __all__ = [
     "PAGE_SIZE",
     "Problem",
     "actions_for",
-    "beat_state",
     "masked_args",
     "purge_queue",
     "run_schedule_now",
@@ -154,8 +154,9 @@ def listing(jobs: Jobs, query: JobQuery) -> Listing:
     store = jobs.adapter.store
     problems: list[Problem] = []
     page = attempt("the jobs", problems, lambda: store.jobs(query), JobPage([], False))
-    stats: list[QueueStats] = attempt("queue names", problems, store.queue_stats, [])
-    queues = sorted({s.name for s in stats} | {w.queue for w in jobs.workers.values()})
+    # The filter offers the registered workers' queues (and the one asked for): counting the
+    # store's queues would double what a page costs on the SQL kinds.
+    queues = sorted({w.queue for w in jobs.workers.values()} | ({query.queue} if query.queue else set()))
     return Listing(query, page, sorted(jobs.workers), queues, problems)
 
 
@@ -174,15 +175,16 @@ ACTIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def actions_for(info: JobInfo) -> list[str]:
-    """The actions that make sense for a job in its status."""
+def actions_for(info: JobInfo, can_run_now: bool = True) -> list[str]:
+    """The actions that make sense for a job in its status (``run-now`` only where the
+    adapter can move a waiting job: ``Adapter.can_run_now``)."""
     status: JobStatus = info.status
     if status == "failed":
         return ["retry", "discard"]
     if status == "cancelled":
         return ["discard"]
     if status in ("scheduled", "retrying"):
-        return ["run-now", "cancel"]
+        return ["run-now", "cancel"] if can_run_now else ["cancel"]
     if status in FINISHED:
         return []
     return ["cancel"]  # queued, processing
@@ -271,7 +273,8 @@ def scheduled(jobs: Jobs) -> Scheduled:
                     "worker": schedule.worker,
                     "expression": schedule.expression,
                     "queue": schedule.queue or jobs.worker(schedule.worker).queue,
-                    "last_tick": last,
+                    # A new schedule's record holds its starting point, which no scheduler ran.
+                    "last_tick": last if record is not None and record.last_by is not None else None,
                     "last_job_id": record.last_job_id if record is not None else None,
                     "next_run": schedule.next_run(last, now),
                 }
@@ -279,19 +282,10 @@ def scheduled(jobs: Jobs) -> Scheduled:
     return Scheduled(delayed, retrying, rows, problems)
 
 
-def beat_state(beat: WorkerBeat, now: datetime, stale_after: float | None = None) -> str:
-    """``alive``, ``not polling`` (alive, with free slots, but no poll for ``stale_after``
-    seconds, default three beat intervals) or ``gone`` (no beat for over two intervals)."""
-    if (now - beat.beat_at).total_seconds() > 2.5 * beat.interval:
-        return "gone"
-    limit = stale_after if stale_after is not None else 3 * beat.interval
-    idle_slots = len(beat.current) < beat.concurrency
-    if beat.polled_at is not None and idle_slots and (now - beat.polled_at).total_seconds() > limit:
-        return "not polling"
-    return "alive"
-
-
-def workers(jobs: Jobs) -> tuple[list[WorkerBeat], list[Problem]]:
+def workers(jobs: Jobs) -> tuple[list[tuple[WorkerBeat, Liveness]], list[Problem]]:
+    """Each worker's beat and the verdict on it (``core.heartbeat.judge``, as ``doctor
+    --workers`` gives it, with the app's ``workers.stale_after``)."""
     problems: list[Problem] = []
     beats: list[WorkerBeat] = attempt("worker heartbeats", problems, jobs.adapter.store.workers, [])
-    return sorted(beats, key=lambda b: b.id), problems
+    stale_after = jobs.config.workers.stale_after
+    return [(beat, judge(beat, stale_after)) for beat in sorted(beats, key=lambda b: b.id)], problems

@@ -108,6 +108,10 @@ class CeleryQueueAdapter(Adapter):
             headers[UNIQUE_HEADER] = job.unique_key
             until = job.enqueued_at + timedelta(seconds=job.unique_for or 0.0)
             headers[UNIQUE_UNTIL_HEADER] = until.isoformat()
+        if self.executor.observers:
+            # The trace context (``traceparent``), read back in the worker: the job's perform
+            # span is a child of the enqueue span current now. Retries keep the headers.
+            self.executor.inject(headers)
         if headers:
             options["headers"] = headers
         self._bridge.app.send_task(

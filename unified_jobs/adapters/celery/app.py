@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +33,7 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
-from unified_jobs.adapters.celery import adoption
+from unified_jobs.adapters.celery import adoption, heartbeat
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
 from unified_jobs.adapters.celery.kinds.sql import ERROR_HEADER
 from unified_jobs.adapters.celery.request import BRIDGE_ATTRIBUTE, JobCancelled, JobRequest, cancel_watch
@@ -89,6 +90,7 @@ class CeleryBridge:
             self.app
         )
         setattr(self.app, BRIDGE_ATTRIBUTE, self)
+        heartbeat.install(self.app)  # its workers write heartbeats (doctor --workers)
         adoption.route_through_mode(self)
         if self.app.Task.Request == Task.Request:  # keep an adopted app's own request class
             self.app.Task.Request = JobRequest
@@ -214,9 +216,13 @@ class CeleryBridge:
                     job.attempt,
                 )
                 store.record_outcome(job, outcome)
+                self.executor.settled_elsewhere(job, outcome)
                 raise outcome.error  # type: ignore[misc]
         cancel_watch.ensure(self)
-        outcome = self.executor.run(job, run_coroutine=run_on_thread_loop)
+        executor = self.executor
+        # The message's custom headers hold the trace context of the enqueue (observers only).
+        parent = task.request.headers if executor.observers else None
+        outcome = executor.run(job, run_coroutine=run_on_thread_loop, parent=parent)
         if store is not None:
             store.record_outcome(job, outcome)
         if outcome.kind == "succeeded":
@@ -250,17 +256,31 @@ class CeleryBridge:
             raise JobError(outcome.error_text) from error
         raise error
 
-    def record_failure(self, job_id: str, name: str, error: BaseException, trace: str) -> None:
-        """Put a job that failed outside the executor (worker lost, hard time limit) in the store."""
+    def record_failure(
+        self, job_id: str, name: str, error: BaseException, trace: str, queue: str = ""
+    ) -> None:
+        """Put a job that failed outside the executor (worker lost, hard time limit) in the store
+        (and tell the executor's observers: the failure counter)."""
         if self.kind is None:
             return
         outcome = Outcome(
             "failed", error=error, error_text=f"{type(error).__name__}: {error}", traceback=trace
         )
+        self.executor.settled_elsewhere(Job(id=job_id, name=name, queue=queue, kwargs_json="{}"), outcome)
         try:
             self.kind.store.record_outcome(Job(id=job_id, name=name, queue="", kwargs_json="{}"), outcome)
         except Exception:
             logger.exception("could not record the failure of job %s in the job store", job_id)
+
+    def on_pool_process_exit(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(pid)`` in each pool process of a worker of this app as it exits
+        (Celery's ``worker_process_shutdown``; a killed process runs nothing)."""
+        from celery import signals
+
+        def exited(sender: Any = None, pid: int | None = None, **_: Any) -> None:
+            callback(pid or os.getpid())
+
+        signals.worker_process_shutdown.connect(exited, weak=False)
 
     def _declare_queue(self, queue: str) -> None:
         """Declare a Worker's queue on the app, among those a worker consumes without ``-Q``
@@ -283,6 +303,7 @@ class CeleryBridge:
     def release(self) -> None:
         """Give the app back: its tasks publish as plain Celery does again."""
         adoption.release(self)
+        heartbeat.uninstall(self.app)
 
     def worker_queues(self) -> list[str]:
         """Every queue this app's workers and tasks use, default queue first."""

@@ -53,6 +53,10 @@ class JobRequest(Request):  # type: ignore[misc]
     def _bridge(self) -> CeleryBridge | None:
         return bridge_of(self.task.app)
 
+    def _queue(self) -> str:
+        """The queue the job was delivered from (for the metrics' ``queue`` label)."""
+        return str((self.delivery_info or {}).get("routing_key") or "")
+
     def _note(self, error: str) -> None:
         note = getattr(getattr(self._message, "channel", None), "note_failure", None)
         if note is not None:
@@ -80,7 +84,9 @@ class JobRequest(Request):  # type: ignore[misc]
                 )
             except WorkerLost as final:
                 exc_info, exception = ExceptionInfo(), final
-            bridge.record_failure(self.id, self.task.name, exception, str(exc_info.traceback))
+            bridge.record_failure(
+                self.id, self.task.name, exception, str(exc_info.traceback), queue=self._queue()
+            )
         if exception is not None and not isinstance(exception, (Retry, Ignore)):
             trace = getattr(exc_info, "traceback", "") or ""
             self._note(f"{type(exception).__name__}: {exception}\n\n{trace}".rstrip())
@@ -98,7 +104,7 @@ class JobRequest(Request):  # type: ignore[misc]
             bridge = self._bridge()
             if bridge is not None:
                 error = JobError(f"TimeLimitExceeded: the pool process was killed after {timeout}s")
-                bridge.record_failure(self.id, self.task.name, error, "")
+                bridge.record_failure(self.id, self.task.name, error, "", queue=self._queue())
         return super().on_timeout(soft, timeout)
 
 

@@ -3,6 +3,9 @@
 Rows in (``_put``), claimed rows out as kombu messages (``drain_events``), and kombu's acks,
 rejects and restores handed to ``leases.Leases``, which does every write. See
 ``transport.py`` for the life of a message, and docs/explanation/sql-queue.md.
+
+Remote control (fanout/topic routing, and control queues such as Celery's pidbox, reply and
+event queues, whose messages never go to the jobs table) is the base class's, in ``control.py``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from sqlalchemy.engine import Row
 from unified_jobs.adapters.liveness import note_poll
 from unified_jobs.adapters.sql import publishing
 from unified_jobs.adapters.sql.background import AckWriter, Heartbeat
+from unified_jobs.adapters.sql.broadcast import CONTROL_TAG_PREFIX
+from unified_jobs.adapters.sql.control import ControlChannel
 from unified_jobs.adapters.sql.leases import Action, Leases, aware, utcnow
 from unified_jobs.adapters.sql.schema import ensure_schema_on
 from unified_jobs.adapters.sql.wakeup import poke_local
@@ -96,15 +101,14 @@ class QoS(virtual.QoS):
         return []
 
 
-class Channel(virtual.Channel):
+class Channel(ControlChannel):
     """One kombu channel; its claims are leased to ``self.owner``."""
 
     QoS = QoS
     connection: Transport
 
     def __init__(self, connection: Transport, **kwargs: Any) -> None:
-        super().__init__(connection, **kwargs)  # type: ignore[no-untyped-call]
-        self.options = connection.options
+        super().__init__(connection, **kwargs)
         owner = f"{socket.gethostname()}:{os.getpid()}:{uuid4().hex[:8]}"
         self.leases = Leases(
             connection.engine, connection.queries, self.options, owner, on_free=connection.wakeup.set
@@ -121,13 +125,14 @@ class Channel(virtual.Channel):
 
     # --- kombu virtual channel API -----------------------------------------------------
 
-    def _new_queue(self, queue: str, **kwargs: Any) -> None:
-        """Queues are implicit: a row names its queue."""
-
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
         return True
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        spec = self._control_spec(queue)
+        if spec is not None:
+            self._put_control([(queue, spec)], message)
+            return
         props = message.get("properties") or {}
         headers = message.get("headers") or {}
         now = utcnow()
@@ -155,6 +160,10 @@ class Channel(virtual.Channel):
         poke_local(self.connection.local_key)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        if self.broadcast.declared_control(queue) is not None:
+            for message, _ in self._take_control([queue], 1):
+                return message
+            raise Empty()
         for row in self.leases.claim([queue], 1):
             payload = self._decode(row)
             if payload is not None:
@@ -171,15 +180,23 @@ class Channel(virtual.Channel):
         return queue_declare_ok_t(queue, 0, 0)
 
     def _purge(self, queue: str) -> int:
+        if self.broadcast.declared_control(queue) is not None:
+            return self.broadcast.purge(queue)
         return self.leases.purge(queue)
 
     def _size(self, queue: str) -> int:
+        if self.broadcast.declared_control(queue) is not None:
+            return self.broadcast.size(queue)
         return self.leases.size(queue)
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         if no_ack:
             self._no_ack_queues.add(queue)
         result = super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[no-untyped-call]
+        spec = self.broadcast.declared_control(queue)
+        if spec is not None and spec.auto_delete:
+            self._auto_delete.add(queue)
+        self._sort_queues()
         if self._heartbeat is None:
             self._heartbeat = Heartbeat(self)
             self._heartbeat.start()
@@ -189,22 +206,31 @@ class Channel(virtual.Channel):
         self.connection.start_wakeups()
         return result
 
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        result = super().basic_cancel(consumer_tag)  # type: ignore[no-untyped-call]
+        self._sort_queues()
+        return result
+
     def drain_events(self, timeout: float | None = None, callback: Callable[..., Any] | None = None) -> None:
-        self.leases.next_due = None
         note_poll()
-        if not self._consumers or not self.qos.can_consume():
+        if not self._consumers:
+            self.leases.next_due = None
             raise Empty()
-        # Pidbox (remote control) queues are fed through fanout exchanges, which this
-        # transport does not support, so they stay empty: don't poll them.
-        queues = sorted({q for q in self._active_queues if not q.endswith(".pidbox")})
-        if not queues:
+        deliver: Callable[..., Any] = callback or self.connection._deliver
+        # Control messages first: few, and not held back by the prefetch limit of jobs.
+        if self._control_queues and self._control_due() and self._deliver_control(deliver):
+            return
+        queues = self._job_queues
+        if not queues or not self.qos.can_consume():
+            self.leases.next_due = None
             raise Empty()
+        if not self.connection.jobs_due:
+            raise Empty()  # woken to poll the control queues only; next_due still holds
         room = self.qos.can_consume_max_estimate()
         limit = min(self.options.batch_size, room) if room else self.options.batch_size
         rows = self.leases.claim(queues, limit)
         if not rows:
             raise Empty()
-        deliver: Callable[..., Any] = callback or self.connection._deliver
         # Register (and so heartbeat) the whole batch before delivering any of it: a delivery
         # can block for a long time (Celery's prefork pool, when all its processes are busy).
         batch = [(row.queue, p) for row in rows if (p := self._decode(row)) is not None]
@@ -218,6 +244,7 @@ class Channel(virtual.Channel):
                 self.settle(payload["properties"]["delivery_tag"], "ack")
 
     def close(self) -> None:
+        transport = self.connection  # kombu's close detaches it
         try:
             if self._ack_writer is not None:
                 self._ack_writer.stop()
@@ -229,6 +256,7 @@ class Channel(virtual.Channel):
                 self._heartbeat.stop()
                 self._heartbeat = None
             self.leases.release_all()
+            self._drop_auto_delete(transport)
 
     # --- rows ---------------------------------------------------------------------------
 
@@ -262,6 +290,8 @@ class Channel(virtual.Channel):
         transaction; the job stays leased (and heartbeated) until the write. Rejects and
         requeues are written at once.
         """
+        if delivery_tag.startswith(CONTROL_TAG_PREFIX):
+            return  # taken (deleted) when delivered: at most once, nothing to write
         action = self.leases.resolve(delivery_tag, action)
         if action == "ack" and self._ack_writer is not None:
             if self.leases.queue_ack(delivery_tag):
@@ -289,6 +319,9 @@ class Channel(virtual.Channel):
         self.leases.release_all()
 
     def heartbeat(self) -> None:
-        """Renew this channel's leases; requeue expired ones (and wake the consumer if any)."""
-        if self.leases.heartbeat():
+        """Renew this channel's leases; requeue expired ones (and wake the consumer if any);
+        keep the bindings of its control queues alive. A channel that only consumes control
+        queues (``celery inspect``, Flower) leaves the job rows to the job consumers."""
+        if (self._job_queues or self.leases.holds_claims()) and self.leases.heartbeat():
             self.connection.wakeup.set()
+        self._control_upkeep()

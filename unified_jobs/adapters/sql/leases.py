@@ -284,6 +284,10 @@ class Leases:
             self._claims.clear()
         self._requeue(claims)
 
+    def holds_claims(self) -> bool:
+        """Whether any claimed job is held (delivered or prefetched, not yet settled)."""
+        return bool(self._claims)
+
     def forget_all(self) -> None:
         """Drop every claim without writing anything, as a dead owner would (for tests)."""
         with self._lock:

@@ -394,6 +394,9 @@ class OneJobQueries:
     clear_old_requests: Delete
     # ids (list) -> task ids asked to stop while their newest row was processing (this claim)
     cancel_requested: Select[Any]
+    # row_id, payload, now -> rowcount: a queued row due later is due now (``run_now``); the
+    # status is set (to what it is) so that the Postgres trigger wakes the workers
+    run_now: Update
 
 
 @lru_cache(maxsize=64)
@@ -432,4 +435,7 @@ def one_job_queries_for(t: Tables) -> OneJobQueries:
             r.c.requested_at >= c.updated_at,
         )
         .distinct(),
+        run_now=update(j)
+        .where(c.id == bindparam("row_id"), c.status == QUEUED, c.run_at > now)
+        .values(run_at=now, payload=bindparam("payload"), status=QUEUED),
     )

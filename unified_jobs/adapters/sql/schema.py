@@ -1,8 +1,8 @@
 """The SQL queue's schema: tables, indexes, the Postgres wake-up trigger, and its version.
 
-All DDL of the SQL queue lives here; all DML lives in ``queries.py``. Tables are named
-``<prefix>jobs`` and ``<prefix>schema_version`` (prefix ``unified_jobs_`` by default), so
-several apps, or test runs, can share one database.
+All DDL of the SQL queue lives here; all DML in ``queries.py`` (remote control's in
+``broadcast.py``). Tables are named ``<prefix>jobs``, ``<prefix>schema_version`` and so on
+(prefix ``unified_jobs_`` by default), so several apps, or test runs, can share one database.
 
 Schema changes: bump ``SCHEMA_VERSION`` and add the step to ``_MIGRATIONS``; ``ensure_schema``
 applies the missing steps in order, under a lock, and records each in the version table.
@@ -21,11 +21,12 @@ from functools import lru_cache
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
-    Float,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -52,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 DEFAULT_TABLE_PREFIX = "unified_jobs_"
 
 QUEUED = "queued"
@@ -87,6 +88,11 @@ class Tables:
     schedules: Table
     #: Worker processes' heartbeats (``core.monitor.WorkerBeat``), one row per process.
     workers: Table
+    #: Exchange bindings every process sees (fanout and topic exchanges, control queues);
+    #: remote control, see ``broadcast.py``.
+    bindings: Table
+    #: Messages of control queues (Celery's pidbox, replies, events): never jobs.
+    control: Table
 
     @property
     def notify_channel(self) -> str:
@@ -152,6 +158,9 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         sqlite_where=processing,
     )
     Index(f"{prefix}jobs_task_id_idx", jobs.c.task_id)
+    # Schema step 6: the dashboard's pages of one status, newest change first (and the
+    # throughput's range of ended jobs).
+    Index(f"{prefix}jobs_status_updated_idx", jobs.c.status, jobs.c.updated_at, jobs.c.id)
     holds_key = text(UNIQUE_HOLDERS)
     Index(
         f"{prefix}jobs_unique_idx",
@@ -199,6 +208,7 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         Column("expires_at", DateTime(timezone=True), nullable=False),
         Column("extra", Text, nullable=False),  # JSON object
     )
+    bindings, control = _broadcast_tables(prefix, md)
     return Tables(
         prefix=prefix,
         metadata=md,
@@ -207,7 +217,39 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         cancels=cancels,
         schedules=schedules,
         workers=workers,
+        bindings=bindings,
+        control=control,
     )
+
+
+def _broadcast_tables(prefix: str, md: MetaData) -> tuple[Table, Table]:
+    """Schema step 5: shared exchange bindings and control messages (``broadcast.py``)."""
+    bindings = Table(
+        f"{prefix}bindings",
+        md,
+        Column("exchange", String(255), primary_key=True),
+        Column("routing_key", String(255), primary_key=True),
+        Column("queue", String(255), primary_key=True),
+        Column("pattern", Text, nullable=True),  # a topic binding's regex (kombu's)
+        Column("control", Boolean, nullable=False),  # the queue's messages are control messages
+        Column("message_ttl", Float, nullable=True),  # seconds: the queue's x-message-ttl
+        # NULL: permanent (a durable queue); else the binding goes unless its consumer renews it.
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+    )
+    control = Table(
+        f"{prefix}control_messages",
+        md,
+        Column("id", _id_type(), primary_key=True, autoincrement=True),
+        Column("queue", String(255), nullable=False),
+        Column("payload", Text, nullable=False),  # the whole kombu message, JSON
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("expires_at", DateTime(timezone=True), nullable=True),
+    )
+    # Short names: Postgres cuts identifiers at 63 characters, and a prefix may have 40.
+    Index(f"{prefix}ctl_queue_idx", control.c.queue, control.c.id)
+    Index(f"{prefix}ctl_expires_idx", control.c.expires_at)
+    return bindings, control
 
 
 # --- Postgres extras -----------------------------------------------------------------------
@@ -233,6 +275,24 @@ FOR EACH ROW WHEN (NEW.status = '{QUEUED}') EXECUTE FUNCTION {fn}()""",
     ]
 
 
+def _pg_control_notify_ddl(t: Tables) -> list[str]:
+    """A trigger that NOTIFYs ``<prefix>control_messages`` with the queue name of each new
+    control message, so its consumer (a worker's pidbox, ``celery inspect`` waiting for a
+    reply, Flower) wakes at once."""
+    fn = f"{t.prefix}control_notify"
+    return [
+        f"""CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger AS $$
+BEGIN
+    PERFORM pg_notify(TG_TABLE_NAME, NEW.queue);
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql""",
+        f"DROP TRIGGER IF EXISTS {fn}_trg ON {t.control.name}",
+        f"""CREATE TRIGGER {fn}_trg AFTER INSERT ON {t.control.name}
+FOR EACH ROW EXECUTE FUNCTION {fn}()""",
+    ]
+
+
 def _pg_drop_ddl(t: Tables) -> list[str]:
     return [
         f"DROP TABLE IF EXISTS {t.jobs.name}",
@@ -240,7 +300,10 @@ def _pg_drop_ddl(t: Tables) -> list[str]:
         f"DROP TABLE IF EXISTS {t.cancels.name}",
         f"DROP TABLE IF EXISTS {t.schedules.name}",
         f"DROP TABLE IF EXISTS {t.workers.name}",
+        f"DROP TABLE IF EXISTS {t.bindings.name}",
+        f"DROP TABLE IF EXISTS {t.control.name}",
         f"DROP FUNCTION IF EXISTS {t.prefix}jobs_notify()",
+        f"DROP FUNCTION IF EXISTS {t.prefix}control_notify()",
     ]
 
 
@@ -283,7 +346,29 @@ def _v4(conn: Connection, t: Tables) -> None:
     t.metadata.create_all(conn, tables=[t.workers], checkfirst=True)
 
 
-_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {1: _v1, 2: _v2, 3: _v3, 4: _v4}
+def _v5(conn: Connection, t: Tables) -> None:
+    """Remote control: shared exchange bindings and control messages (``broadcast.py``)."""
+    t.metadata.create_all(conn, tables=[t.bindings, t.control], checkfirst=True)
+    if conn.dialect.name == "postgresql":
+        for ddl in _pg_control_notify_ddl(t):
+            conn.exec_driver_sql(ddl)
+
+
+def _v6(conn: Connection, t: Tables) -> None:
+    """The dashboard's index: jobs by status, newest change first."""
+    for index in t.jobs.indexes:
+        if index.name == f"{t.prefix}jobs_status_updated_idx":
+            index.create(conn, checkfirst=True)
+
+
+_MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {
+    1: _v1,
+    2: _v2,
+    3: _v3,
+    4: _v4,
+    5: _v5,
+    6: _v6,
+}
 
 _done: set[tuple[str, str]] = set()
 _done_lock = threading.Lock()

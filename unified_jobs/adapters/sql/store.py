@@ -4,20 +4,31 @@
 listings, and the bulk changes of ``unified-jobs jobs``. Dumps and imports are in
 ``store_dump.py``. The SQL is in ``queries.py``. Times are UTC from this process' clock, as
 the transport writes them.
+
+The dashboard's reads (``monitor_rows``) run, on SQLite, on connections of their own, whose
+transactions are SQLite's deferred ones: the queue's engine opens every transaction with
+``BEGIN IMMEDIATE``, which takes the database's write lock, and a read of a large table would
+hold the workers' claims up for as long (in WAL mode a deferred read blocks no writer).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Row
+from sqlalchemy.pool import ConnectionPoolEntry
 
-from unified_jobs.adapters.sql import queries
-from unified_jobs.adapters.sql.engine import dialect_of, get_engine
+from unified_jobs.adapters.sql import monitor_queries, queries
+from unified_jobs.adapters.sql.engine import dialect_of, get_engine, normalize_db_url
 from unified_jobs.adapters.sql.options import TRANSPORT_SCHEME
 from unified_jobs.adapters.sql.schema import (
     CANCELLED,
@@ -111,6 +122,74 @@ class JobRow:
         )
 
 
+_read_engines: dict[str, Engine] = {}
+_read_engines_lock = threading.Lock()
+
+
+def read_engine(url: str) -> Engine:
+    """The process' engine for the dashboard's reads of the SQLite database at ``url``: plain
+    deferred transactions (see the module's docstring), a busy timeout, and ``BODY_FUNCTION``."""
+    engine = _read_engines.get(url)
+    if engine is not None:
+        return engine
+    with _read_engines_lock:
+        engine = _read_engines.get(url)
+        if engine is None:
+            engine = create_engine(
+                normalize_db_url(url), connect_args={"timeout": 10.0, "check_same_thread": False}
+            )
+            event.listen(engine, "connect", _on_read_connect)
+            _read_engines[url] = engine
+        return engine
+
+
+def _on_read_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    dbapi_conn.create_function(monitor_queries.BODY_FUNCTION, 1, body_text, deterministic=True)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 10000")
+    cur.execute("PRAGMA query_only = 1")
+    cur.close()
+
+
+def body_text(payload: str | None) -> str | None:
+    """The body of the kombu message a row's payload holds, as text (base64 decoded).
+
+    Called once per row a text search looks at, so the common shape is read without parsing
+    the whole payload: the transport writes it with ``json.dumps``, body first, base64; a
+    base64 body holds no quote, and the exact ``"body": "`` cannot occur inside a JSON string.
+    """
+    if payload is None:
+        return None
+    start = payload.find('"body": "')
+    if start >= 0 and '"body_encoding": "base64"' in payload:
+        start += 9
+        end = payload.find('"', start)
+        try:
+            return base64.b64decode(payload[start:end]).decode("utf-8", "replace")
+        except (binascii.Error, ValueError):
+            pass
+    try:
+        message = json.loads(payload)
+        body = message.get("body") or ""
+        if (message.get("properties") or {}).get("body_encoding") == "base64":
+            return base64.b64decode(body).decode("utf-8", "replace")
+        return str(body)
+    except (ValueError, TypeError, AttributeError, binascii.Error):
+        return payload
+
+
+def _dispose_read_engines_in_child() -> None:
+    # As engine.py does for the queue's engines: the parent's connections are left alone.
+    global _read_engines_lock
+    _read_engines_lock = threading.Lock()
+    for engine in list(_read_engines.values()):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_dispose_read_engines_in_child)
+
+
 def check_statuses(statuses: Sequence[str] | None) -> list[str]:
     """``statuses`` (all when empty or ``None``), each checked against ``STATUSES``."""
     if not statuses:
@@ -141,6 +220,14 @@ class JobStore:
             ensure_schema_on(self.engine, self.tables)
             self._schema_checked = True
         return self.engine
+
+    def monitor_rows(self, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows (``Row`` objects) of one of the dashboard's reads (``monitor_queries``)."""
+        engine = self._ready()
+        if self.dialect == "sqlite":
+            engine = read_engine(engine.url.render_as_string(hide_password=False))
+        with engine.connect() as conn:
+            return list(conn.execute(stmt, params).all())
 
     @staticmethod
     def _filters(statuses: Sequence[str] | None, worker: str | None) -> dict[str, Any]:

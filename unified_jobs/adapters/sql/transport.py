@@ -8,12 +8,18 @@ from the message). A consumer claims ready rows (``processing``, a lease owner a
 channel holds until it is acked (``completed`` or deleted), rejected (``failed``) or requeued
 (``queued``). A consumer that dies stops renewing: another consumer's reaper requeues the job
 once its lease expires. See docs/explanation/sql-queue.md.
+
+Remote control (``celery inspect``/``control``, Flower): fanout and topic exchanges work, with
+their bindings shared through the database and control messages kept in a table of their own
+(``broadcast.py``). On Postgres a NOTIFY wakes their consumer; SQLite polls every
+``CONTROL_POLL_SQLITE_SEC``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from queue import Empty
 from time import monotonic
 from typing import Any
@@ -22,6 +28,7 @@ import sqlalchemy
 from kombu.transport import virtual
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from unified_jobs.adapters.sql.broadcast import Broadcast
 from unified_jobs.adapters.sql.channel import Channel, QoS, utcnow
 from unified_jobs.adapters.sql.engine import dialect_of, get_engine, normalize_db_url
 from unified_jobs.adapters.sql.options import SqlOptions
@@ -34,6 +41,14 @@ __all__ = ["Channel", "QoS", "Transport"]
 
 logger = logging.getLogger(__name__)
 
+#: SQLite: how often a consumer polls its control queues. ``celery inspect`` waits 1 s for
+#: replies, and a round trip is two polls (the request, then the reply); an idle poll is one
+#: indexed read without the write lock (a few microseconds).
+CONTROL_POLL_SQLITE_SEC = 0.1
+#: Postgres: a NOTIFY wakes control consumers (and a reconnect polls), so this fallback poll
+#: should never matter; it is rare because each poll is a write transaction.
+CONTROL_POLL_PG_SEC = 5.0
+
 
 class Transport(virtual.Transport):
     """kombu transport ``ujsql``; see the module docstring."""
@@ -41,12 +56,14 @@ class Transport(virtual.Transport):
     Channel = Channel
     can_parse_url = True
     default_port = 0  # type: ignore[assignment]
-    driver_type = "sql"
+    # Not kombu's "sql": Celery turns events off for that one (its SQLAlchemy transport has no
+    # fanout); Flower needs them.
+    driver_type = "ujsql"
     driver_name = "unified_jobs_sql"
     connection_errors = (OperationalError, InterfaceError)  # type: ignore[assignment]
     channel_errors = (SQLAlchemyError,)
     implements = virtual.Transport.implements.extend(
-        asynchronous=False, exchange_type=frozenset(["direct", "topic"]), heartbeats=False
+        asynchronous=False, exchange_type=frozenset(["direct", "topic", "fanout"]), heartbeats=False
     )
 
     def __init__(self, client: Any, **kwargs: Any) -> None:
@@ -75,6 +92,17 @@ class Transport(virtual.Transport):
         self._wakeups_on = False
         pg = self.dialect == "postgresql"
         self._idle_poll = self.options.poll_interval_sec if pg else self.options.sqlite_poll_interval_sec
+        # A control queue's binding must outlive a few heartbeats (which renew it).
+        binding_ttl = 4 * self.options.effective_heartbeat_sec
+        self.broadcast = Broadcast(self.engine, self.tables, self.dialect, binding_ttl, self.local_key)
+        #: Bumped whenever a control message may be waiting (NOTIFY, a publish here, a reconnect).
+        self.control_gen = 0
+        self.control_poll_sec = (
+            max(self.options.poll_interval_sec, CONTROL_POLL_PG_SEC) if pg else CONTROL_POLL_SQLITE_SEC
+        )
+        self._watched: frozenset[str] = frozenset()
+        #: False while the consumer was woken only to poll its control queues (drain_events).
+        self.jobs_due = True
 
     def driver_version(self) -> str:
         return str(sqlalchemy.__version__)
@@ -86,14 +114,50 @@ class Transport(virtual.Transport):
         self._wakeups_on = True
         register_local(self.local_key, self)
         if self.dialect == "postgresql":
-            self._listener = PgListener(self.db_url, self.tables.notify_channel, self.wakeup)
+            channels = {
+                self.tables.notify_channel: self._on_job_notify,
+                self.tables.control.name: self._on_control_notify,
+            }
+            self._listener = PgListener(self.db_url, channels, self._on_listener_connect)
             self._listener.start()
             # Don't miss a NOTIFY sent while LISTEN is being set up: wait briefly for it.
             self._listener.connected.wait(2.0)
 
+    def _on_job_notify(self, queue: str) -> None:
+        self.wakeup.set()
+
+    def _on_control_notify(self, queue: str) -> None:
+        self.poke_control((queue,))
+
+    def _on_listener_connect(self) -> None:
+        self._wake_control()  # notifications sent while disconnected are lost
+
+    def poke_control(self, queues: Sequence[str]) -> None:
+        """Control messages were written for ``queues``: wake if one is consumed here (every
+        listener hears every control message, Flower's events too)."""
+        if not self._watched.isdisjoint(queues):
+            self._wake_control()
+
+    def _wake_control(self) -> None:
+        self.control_gen += 1
+        self.wakeup.set()
+
+    def watch_control(self) -> None:
+        """The control queues consumed here changed (a channel's consume, cancel or close)."""
+        self._watched = frozenset(
+            q for channel in self.channels for q in getattr(channel, "_control_queues", ())
+        )
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
-        """Deliver one batch; between empty polls, sleep until woken or the next poll."""
+        """Deliver one batch; between empty polls, sleep until woken or the next poll.
+
+        Control queues are polled along with jobs when their poll is due about then; a wait
+        that ends only because they are due (jobs are polled less often) sets ``jobs_due``
+        false, so that the channels poll those and do not claim jobs as well.
+        """
         start = monotonic()
+        self.jobs_due = True
+        jobs_at = start  # when to poll for jobs next (monotonic)
         while True:
             self.wakeup.clear()
             try:
@@ -101,15 +165,24 @@ class Transport(virtual.Transport):
                 return
             except Empty:
                 pass
-            wait = self._idle_wait()
+            now = monotonic()
+            if self.jobs_due:  # they were just polled
+                jobs_at = now + self._idle_wait()
+            control_at = self._next_control_poll()
+            # A control poll due a little before the next job poll waits for it: one wake-up.
+            slack = self.control_poll_sec / 2
+            for_control = control_at is not None and control_at + slack < jobs_at
+            wait = max((control_at if control_at is not None and for_control else jobs_at) - now, 0.005)
             if timeout is not None:
-                left = timeout - (monotonic() - start)
+                left = timeout - (now - start)
                 if left <= 0:
                     raise TimeoutError()  # socket.timeout: what Celery expects
                 wait = min(wait, left)
-            self.wakeup.wait(wait)
+            woken = self.wakeup.wait(wait)
+            self.jobs_due = woken or not for_control
 
     def _idle_wait(self) -> float:
+        """Until the next poll for jobs."""
         wait = self._idle_poll
         now = utcnow()
         for channel in self.channels:
@@ -118,6 +191,13 @@ class Transport(virtual.Transport):
                 # A floor, so rows locked by another claimer are not polled in a busy loop.
                 wait = min(wait, max((due - now).total_seconds(), 0.01))
         return wait
+
+    def _next_control_poll(self) -> float | None:
+        """When (monotonic) control queues are polled next, if any are consumed here."""
+        polls = [
+            p for channel in self.channels if (p := getattr(channel, "next_control_poll", None)) is not None
+        ]
+        return min(polls) if polls else None
 
     def close_connection(self, connection: Any) -> None:
         try:
@@ -129,3 +209,4 @@ class Transport(virtual.Transport):
             if self._wakeups_on:
                 unregister_local(self.local_key, self)
                 self._wakeups_on = False
+            self.broadcast.close()

@@ -3,7 +3,9 @@
 A consumer waits on a ``threading.Event``. Three things set it: a NOTIFY from the database
 (a trigger fires one whenever a row becomes queued, see ``schema.py``), an enqueue by this
 same process on the same table (no round trip through the database), and the consumer's own
-acks (a free prefetch slot).
+acks (a free prefetch slot). Control messages (remote control, ``broadcast.py``) have their
+own NOTIFY channel and pokes, so that they do not make job consumers poll, nor jobs make
+control consumers poll.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy.engine import make_url
@@ -36,28 +39,38 @@ def unregister_local(key: tuple[str, str], waiter: Any) -> None:
             waiters.discard(waiter)
 
 
-def poke_local(key: tuple[str, str]) -> None:
-    """Wake the consumers of this process that read the table ``key`` names."""
+def poke_local(key: tuple[str, str], control: Sequence[str] = ()) -> None:
+    """Wake the consumers of this process that read the table ``key`` names: of jobs, or with
+    ``control``, those of these control queues (``waiter.poke_control(queues)``)."""
     waiters = _local.get(key)
     if waiters:
         for waiter in list(waiters):
-            waiter.wakeup.set()
+            if control:
+                waiter.poke_control(control)
+            else:
+                waiter.wakeup.set()
 
 
 class PgListener(threading.Thread):
-    """LISTENs on one channel and sets ``wakeup`` on every notification; reconnects on loss.
+    """LISTENs on some channels and calls each one's handler with every notification's
+    payload; reconnects on loss.
 
-    After (re)connecting it sets ``wakeup`` once too, since notifications sent while it was
+    After (re)connecting it calls ``on_connect`` too, since notifications sent while it was
     away are lost.
     """
 
-    def __init__(self, sqlalchemy_url: str, channel: str, wakeup: threading.Event) -> None:
-        super().__init__(name=f"unified_jobs-listen-{channel}", daemon=True)
+    def __init__(
+        self,
+        sqlalchemy_url: str,
+        channels: Mapping[str, Callable[[str], None]],
+        on_connect: Callable[[], None],
+    ) -> None:
+        super().__init__(name=f"unified_jobs-listen-{next(iter(channels))}", daemon=True)
         self._conninfo = (
             make_url(sqlalchemy_url).set(drivername="postgresql").render_as_string(hide_password=False)
         )
-        self._channel = channel
-        self._wakeup = wakeup
+        self._channels = dict(channels)
+        self._on_connect = on_connect
         self._stop_event = threading.Event()
         self.connected = threading.Event()
 
@@ -68,19 +81,23 @@ class PgListener(threading.Thread):
         import psycopg
         from psycopg import sql
 
+        names = ", ".join(self._channels)
         while not self._stop_event.is_set():
             try:
                 with psycopg.connect(self._conninfo, autocommit=True, connect_timeout=5) as conn:
-                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel)))
+                    for channel in self._channels:
+                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.connected.set()
-                    self._wakeup.set()
+                    self._on_connect()
                     while not self._stop_event.is_set():
-                        for _ in conn.notifies(timeout=0.5):
-                            self._wakeup.set()
+                        for note in conn.notifies(timeout=0.5):
+                            handler = self._channels.get(note.channel)
+                            if handler is not None:
+                                handler(note.payload)
             except Exception:
                 self.connected.clear()
                 if self._stop_event.is_set():
                     return
-                logger.warning("LISTEN connection for %s lost; retrying in 1 s", self._channel, exc_info=True)
-                self._wakeup.set()
+                logger.warning("LISTEN connection for %s lost; retrying in 1 s", names, exc_info=True)
+                self._on_connect()
                 self._stop_event.wait(1.0)

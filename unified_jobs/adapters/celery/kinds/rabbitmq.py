@@ -20,6 +20,14 @@ hop leaves the wait in the routing key), with the routing key kept.
 The rerouting happens in the transport's ``basic_publish``, so every publish takes it: jobs,
 retries with backoff, and an adopted app's own tasks with a countdown or eta. Messages for a
 named exchange other than the default are sent as they are (Celery holds those until due).
+
+Liveness: RabbitMQ pushes messages, so a worker never asks for jobs, and a worker that is
+alive but no longer consumes (its consumer cancelled, its channel closed, its event loop stuck)
+shows nothing by itself. So the transport stamps ``liveness.note_poll()`` each second of the
+worker's event loop (each ``drain_events`` call without one) while a channel of its connection
+holds a consumer that acknowledges: the task consumer (Celery's remote control, gossip and
+event consumers take no acks). ``doctor --workers`` reads that as the worker's last poll. What
+it cannot see is a broker that stops delivering on a channel that looks open.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from kombu.transport import pyamqp
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.celery.kinds import Check, QueueKind
 from unified_jobs.adapters.celery.kinds.redis import RedisJobStore
+from unified_jobs.adapters.liveness import note_poll
 from unified_jobs.core.store import JobStore
 
 __all__ = ["DELAYED_ROW", "LEVELS", "MAX_PRIORITY", "RabbitMQKind", "SSLTransport", "Transport"]
@@ -178,15 +187,52 @@ class Connection(pyamqp.Connection):
     delay_queues_declared = False
 
 
-class Transport(pyamqp.Transport):
+#: Seconds between the event loop's checks that the task consumer is in place (see above).
+CONSUMER_CHECK_EVERY = 1.0
+
+
+def consuming(connection: Any) -> bool:
+    """Whether a channel of this py-amqp connection holds a consumer that takes acks."""
+    if not connection.connected:
+        return False
+    for channel in list((connection.channels or {}).values()):
+        tags = getattr(channel, "callbacks", None)
+        if tags and getattr(channel, "is_open", False) and set(tags) - channel.no_ack_consumers:
+            return True
+    return False
+
+
+class _WatchesConsumer:
+    """Stamps ``note_poll`` while the worker's connection holds its task consumer."""
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[misc]
+        entry: Any = None
+
+        def check() -> None:
+            if not connection.connected:  # closed: a new connection has a check of its own
+                entry.cancel()
+            elif consuming(connection):
+                note_poll()
+
+        entry = loop.call_repeatedly(CONSUMER_CHECK_EVERY, check)
+
+    def drain_events(self, connection: Any, **kwargs: Any) -> Any:
+        # The loop without an event loop (e.g. the solo pool) drains with a timeout, again and again.
+        if consuming(connection):
+            note_poll()
+        return super().drain_events(connection, **kwargs)  # type: ignore[misc]
+
+
+class Transport(_WatchesConsumer, pyamqp.Transport):
     """kombu's py-amqp transport whose publishes send delayed messages to the delay queues,
-    and whose publish batches are transactions."""
+    whose publish batches are transactions, and which stamps the worker's polls (see above)."""
 
     Connection = Connection
     implements = pyamqp.Transport.implements.extend(batch_publish=True)
 
 
-class SSLTransport(pyamqp.SSLTransport):
+class SSLTransport(_WatchesConsumer, pyamqp.SSLTransport):
     Connection = Connection
     implements = Transport.implements
 

@@ -10,13 +10,23 @@ The store is a hash per job (``unified_jobs:job:<id>``), a sorted set of failed 
 The broker's lists stay the only source of truth for *what is queued*; the store only says
 what became of each job. A completed job's hash expires after ``workers.keep_completed``;
 failed ones stay until discarded.
+
+For the dashboard (``redis_monitor.py`` reads them), each queue's jobs are indexed by status:
+a sorted set ``unified_jobs:idx:<status>:<queue>`` per status and queue, scored by when the
+job entered the status (epoch seconds), the queues in ``unified_jobs:queues``, scheduled jobs
+also in ``unified_jobs:due`` (scored by run_at; a read moves the due ones to queued), and
+the jobs that ended per minute in ``unified_jobs:ended:<minute>`` hashes. The same pipeline or
+script that writes a transition moves the job between indexes, so no hook costs a round trip
+more. The hash stays the truth: reads drop index entries whose hash says otherwise (expired,
+moved on), and completed entries older than ``keep_completed`` go by score.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -24,13 +34,28 @@ import redis
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.celery.kinds import Check, QueueKind
+from unified_jobs.adapters.celery.kinds.redis_heartbeats import RedisHeartbeats
 from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
+from unified_jobs.core.monitor import JobPage, JobQuery, QueueStats, ThroughputBucket
 from unified_jobs.core.outcome import Outcome
 from unified_jobs.core.store import JobStore, StartCheck
 
 __all__ = ["RedisJobStore", "RedisKind"]
 
+logger = logging.getLogger(__name__)
+
 PREFIX = "unified_jobs:"
+#: ``INDEX + "<status>:<queue>"``: the queue's jobs in that status, scored by when they
+#: entered it (epoch seconds).
+INDEX = PREFIX + "idx:"
+#: Every queue a job was recorded in.
+QUEUES = PREFIX + "queues"
+#: Scheduled jobs, scored by their run_at (epoch seconds).
+DUE = PREFIX + "due"
+#: ``ENDED + str(epoch // 60)``: a hash of the jobs that ended in that minute (completed, failed).
+ENDED = PREFIX + "ended:"
+#: Seconds a minute's counts are kept (``throughput`` reads older minutes as 0).
+ENDED_TTL = 65 * 60
 #: The status of a discarded cancelled job's tombstone (``get`` reads it as no job).
 DISCARDED = "discarded"
 #: A waiting job's record lives this long past its due time (a safety net for purged queues).
@@ -45,14 +70,68 @@ if tonumber(redis.call('HGET', key, 'attempts') or '0') ~= tonumber(ARGV[2]) the
   redis.call('HSET', key, 'deliveries', 0)
 end
 local n = redis.call('HINCRBY', key, 'deliveries', 1)
+local queue = redis.call('HGET', key, 'queue')
 redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1], 'attempts', ARGV[2])
 if not status then
   redis.call('HSET', key, 'worker', ARGV[3], 'queue', ARGV[4], 'args', ARGV[5], 'enqueued_at', ARGV[1])
 end
 redis.call('EXPIRE', key, ARGV[6])
+-- the indexes (ARGV[7] id, ARGV[8] now in epoch seconds, ARGV[9] INDEX, ARGV[10] QUEUES, ARGV[11] DUE)
+if not queue or queue == '' then
+  queue = ARGV[4]
+  redis.call('SADD', ARGV[10], queue)
+end
+if status then redis.call('ZREM', ARGV[9] .. status .. ':' .. queue, ARGV[7]) end
+if status == 'scheduled' then redis.call('ZREM', ARGV[11], ARGV[7]) end
+redis.call('ZADD', ARGV[9] .. 'processing:' .. queue, ARGV[8], ARGV[7])
 return n
 """
 
+# An attempt ended (KEYS[1]: the job's record). ARGV: 1 id, 2 the new status, 3 now (ISO),
+# 4 now (epoch s), 5 '1' if there is an error, 6 its text, 7 its traceback, 8 the retry's run_at
+# (ISO), 9 keep_completed, 10 INDEX, 11 the failed set, 12 the cancel requests, 13 this minute's
+# ENDED hash, 14 ENDED_TTL, 15 the job's queue if the record names none, 16 DUE.
+_OUTCOME = """
+local key, id, new = KEYS[1], ARGV[1], ARGV[2]
+local h = redis.call('HMGET', key, 'status', 'queue')
+local old, queue = h[1], h[2]
+if not queue or queue == '' then queue = ARGV[15] end
+redis.call('HSET', key, 'status', new)
+if ARGV[5] == '1' then redis.call('HSET', key, 'last_error', ARGV[6], 'traceback', ARGV[7]) end
+if new == 'retrying' then
+  redis.call('HSET', key, 'run_at', ARGV[8])
+else
+  redis.call('HSET', key, 'finished_at', ARGV[3])
+  -- it ended: its unique key, if it holds one, is free
+  local unique = redis.call('HGET', key, 'unique_key')
+  if unique and redis.call('GET', unique) == id then redis.call('DEL', unique) end
+end
+redis.call('SREM', ARGV[12], id)
+if queue ~= '' then
+  if old and old ~= new then redis.call('ZREM', ARGV[10] .. old .. ':' .. queue, id) end
+  redis.call('ZADD', ARGV[10] .. new .. ':' .. queue, ARGV[4], id)
+end
+if old == 'scheduled' then redis.call('ZREM', ARGV[16], id) end
+if new == 'failed' then
+  redis.call('PERSIST', key)
+  redis.call('ZADD', ARGV[11], ARGV[4], id)
+  redis.call('HINCRBY', ARGV[13], 'failed', 1)
+  redis.call('EXPIRE', ARGV[13], ARGV[14])
+elseif new == 'completed' or new == 'cancelled' then
+  redis.call('EXPIRE', key, ARGV[9])
+  if new == 'completed' then
+    redis.call('HINCRBY', ARGV[13], 'completed', 1)
+    redis.call('EXPIRE', ARGV[13], ARGV[14])
+    if queue ~= '' then  -- the records that expired by now leave the index
+      local cutoff = '(' .. (tonumber(ARGV[4]) - tonumber(ARGV[9]))
+      redis.call('ZREMRANGEBYSCORE', ARGV[10] .. 'completed:' .. queue, '-inf', cutoff)
+    end
+  end
+end
+return 0
+"""
+
+# ARGV: 1 now (ISO), 2 keep_completed, 3 the job's id, 4 now (epoch s), 5 INDEX, 6 DUE.
 _CANCEL = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if status == 'queued' or status == 'scheduled' or status == 'retrying' then
@@ -60,6 +139,12 @@ if status == 'queued' or status == 'scheduled' or status == 'retrying' then
   -- the message still waits in the broker: the record must outlive it (its TTL runs to the
   -- job's due time and beyond), or the job would run once the record expired
   if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+  local queue = redis.call('HGET', KEYS[1], 'queue')
+  if queue and queue ~= '' then
+    redis.call('ZREM', ARGV[5] .. status .. ':' .. queue, ARGV[3])
+    redis.call('ZADD', ARGV[5] .. 'cancelled:' .. queue, ARGV[4], ARGV[3])
+  end
+  redis.call('ZREM', ARGV[6], ARGV[3])
   return 1
 end
 if status == 'processing' then return 2 end
@@ -118,11 +203,18 @@ def _dt(value: str | None) -> datetime | None:
     return aware(datetime.fromisoformat(value)) if value else None
 
 
-class RedisJobStore(JobStore):
-    def __init__(self, url: str, keep_completed: float = 86_400.0) -> None:
+class RedisJobStore(RedisHeartbeats, JobStore):
+    """``shares_broker``: the store is in the Redis kind's own broker database, where delayed
+    messages wait in sorted sets that ``run_now`` can take a job's message from (the RabbitMQ
+    kind's store, beside the broker, cannot)."""
+
+    def __init__(self, url: str, keep_completed: float = 86_400.0, *, shares_broker: bool = False) -> None:
         self.client: Any = redis.Redis.from_url(url, decode_responses=True)
         self._keep = max(1, int(keep_completed))
+        self.shares_broker = shares_broker
+        self.can_run_now = shares_broker
         self._start = self.client.register_script(_START)
+        self._outcome = self.client.register_script(_OUTCOME)
         self._cancel = self.client.register_script(_CANCEL)
         self._claim_unique = self.client.register_script(_CLAIM_UNIQUE)
         self._release_unique = self.client.register_script(_RELEASE_UNIQUE)
@@ -142,15 +234,6 @@ class RedisJobStore(JobStore):
                 self.client.script_load(loaded.script)
             self._scripts_loaded = True
         pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-    def _execute(self, pipe: Any, again: Callable[[], Any]) -> Any:
-        """``pipe.execute()``; after a ``NoScriptError``, load the scripts and run ``again()``
-        (what the script part must still do)."""
-        try:
-            return pipe.execute()
-        except redis.exceptions.NoScriptError:
-            self._scripts_loaded = False
-            return again()
 
     # -- unique jobs -------------------------------------------------------------------------
 
@@ -188,16 +271,19 @@ class RedisJobStore(JobStore):
     def record_enqueued(self, jobs: Sequence[Job]) -> None:
         now = utcnow()
         pipe = self.client.pipeline(transaction=False)
+        indexed: dict[str, dict[str, float]] = {}  # index key -> {job id: enqueue time}
+        due: dict[str, float] = {}
         for job in jobs:
             waiting = job.run_at is not None and job.run_at > now
             ttl = WAITING_TTL + (int((job.run_at - now).total_seconds()) if waiting and job.run_at else 0)
+            status = "scheduled" if waiting else "queued"
             pipe.hset(
                 self.key(job.id),
                 mapping={
                     "worker": job.name,
                     "queue": job.queue,
                     "args": job.kwargs_json if job.args_json == "[]" else _both(job),
-                    "status": "scheduled" if waiting else "queued",
+                    "status": status,
                     "attempts": 0,
                     "deliveries": 0,
                     "priority": "" if job.priority is None else job.priority,
@@ -206,42 +292,52 @@ class RedisJobStore(JobStore):
                 },
             )
             pipe.expire(self.key(job.id), ttl)
+            indexed.setdefault(f"{INDEX}{status}:{job.queue}", {})[job.id] = job.enqueued_at.timestamp()
+            if waiting and job.run_at is not None:
+                due[job.id] = job.run_at.timestamp()
+        for key, members in indexed.items():
+            pipe.zadd(key, members)
+        if due:
+            pipe.zadd(DUE, due)
+        pipe.sadd(QUEUES, *{job.queue for job in jobs})
         pipe.execute()
 
     def forget_enqueued(self, jobs: Sequence[Job]) -> None:
-        self.client.delete(*(self.key(j.id) for j in jobs))
+        pipe = self.client.pipeline(transaction=False)
+        pipe.delete(*(self.key(j.id) for j in jobs))
+        for job in jobs:
+            pipe.zrem(f"{INDEX}queued:{job.queue}", job.id)
+            pipe.zrem(f"{INDEX}scheduled:{job.queue}", job.id)
+        pipe.zrem(DUE, *(j.id for j in jobs))
+        pipe.execute()
 
     def record_started(self, job: Job) -> StartCheck:
-        args = job.kwargs_json if job.args_json == "[]" else _both(job)
-        keys = [self.key(job.id)]
-        argv: list[Any] = [_ts(utcnow()), job.attempt, job.name, job.queue, args, WAITING_TTL]
-        n = int(cast(Any, self._start(keys=keys, args=argv)))
+        n = int(cast(Any, self._start(keys=[self.key(job.id)], args=self.started_args(job, utcnow()))))
         return StartCheck(cancelled=True) if n < 0 else StartCheck(deliveries=n)
 
+    def started_args(self, job: Job, now: datetime) -> list[Any]:
+        """The ``_START`` script's ARGV for ``job`` starting at ``now`` (also for bulk loads)."""
+        args = job.kwargs_json if job.args_json == "[]" else _both(job)
+        return [
+            *(_ts(now), job.attempt, job.name, job.queue, args, WAITING_TTL),
+            *(job.id, now.timestamp(), INDEX, QUEUES, DUE),
+        ]
+
     def record_outcome(self, job: Job, outcome: Outcome) -> None:
-        key = self.key(job.id)
-        status = _SETTLED[outcome.kind]
-        fields: dict[str, Any] = {"status": status}
-        if outcome.error_text is not None:
-            fields["last_error"] = outcome.error_text
-            fields["traceback"] = outcome.traceback or ""
-        pipe = self.client.pipeline(transaction=True)
-        if outcome.kind == "retry":
-            fields["run_at"] = _ts(outcome.retry_at)
-        else:
-            fields["finished_at"] = _ts(utcnow())
-        pipe.hset(key, mapping=fields)
-        pipe.srem(f"{PREFIX}cancel", job.id)
-        ended = status != "retrying"
-        if ended:  # its unique key, if any, is free
-            self._in_pipeline(pipe, self._release_unique, [key], [job.id])
-        if status == "failed":
-            pipe.persist(key)
-            pipe.zadd(f"{PREFIX}failed", {job.id: utcnow().timestamp()})
-        elif status in ("completed", "cancelled"):
-            pipe.expire(key, self._keep)
-        # The other commands are done by then (MULTI/EXEC): only the release is left to do.
-        self._execute(pipe, lambda: self._release_unique(keys=[key], args=[job.id]))
+        """One script: the record, the unique key's release, the indexes and the minute's
+        count, atomically and in one round trip."""
+        self._outcome(keys=[self.key(job.id)], args=self.outcome_args(job, outcome, utcnow()))
+
+    def outcome_args(self, job: Job, outcome: Outcome, now: datetime) -> list[Any]:
+        """The ``_OUTCOME`` script's ARGV for ``outcome`` at ``now`` (also for bulk loads)."""
+        epoch = now.timestamp()
+        error = outcome.error_text
+        return [
+            *(job.id, _SETTLED[outcome.kind], _ts(now), epoch),
+            *("1" if error is not None else "0", error or "", outcome.traceback or "", _ts(outcome.retry_at)),
+            *(self._keep, INDEX, f"{PREFIX}failed", f"{PREFIX}cancel", f"{ENDED}{int(epoch // 60)}"),
+            *(ENDED_TTL, job.queue, DUE),
+        ]
 
     def note_lost(self, task_id: str) -> int:
         return int(self.client.hincrby(self.key(task_id), "lost", 1))
@@ -313,13 +409,16 @@ class RedisJobStore(JobStore):
             pipe.hset(key, "status", DISCARDED)
             pipe.expire(key, max(ttl, WAITING_TTL))
         pipe.zrem(f"{PREFIX}failed", job_id)
+        pipe.zrem(f"{INDEX}{info.status}:{info.queue}", job_id)
         pipe.execute()
         return True
 
     def cancel(self, job_id: str) -> bool:
         # The message stays in the broker's list; its worker acks it without running it.
         key = self.key(job_id)
-        if int(cast(Any, self._cancel(keys=[key], args=[_ts(utcnow()), self._keep]))) != 1:
+        now = utcnow()
+        argv: list[Any] = [_ts(now), self._keep, job_id, now.timestamp(), INDEX, DUE]
+        if int(cast(Any, self._cancel(keys=[key], args=argv))) != 1:
             return False
         self._release_unique(keys=[key], args=[job_id])
         return True
@@ -340,6 +439,45 @@ class RedisJobStore(JobStore):
 
     def forget_failed(self, job_id: str) -> None:
         self.client.zrem(f"{PREFIX}failed", job_id)
+
+    # -- what the dashboard reads (redis_monitor.py) ----------------------------------------
+
+    def jobs(self, query: JobQuery) -> JobPage:
+        from unified_jobs.adapters.celery.kinds import redis_monitor
+
+        return redis_monitor.jobs(self, query)
+
+    def status_counts(self) -> dict[str, int]:
+        from unified_jobs.adapters.celery.kinds import redis_monitor
+
+        return redis_monitor.status_counts(self)
+
+    def queue_stats(self) -> list[QueueStats]:
+        from unified_jobs.adapters.celery.kinds import redis_monitor
+
+        return redis_monitor.queue_stats(self)
+
+    def throughput(self, minutes: int = 60) -> list[ThroughputBucket]:
+        from unified_jobs.adapters.celery.kinds import redis_monitor
+
+        return redis_monitor.throughput(self, minutes)
+
+    def run_now(self, job_id: str) -> bool:
+        """Takes the job's message from its queue's delayed set and pushes it to its list, due
+        now (Redis kind). The RabbitMQ kind's store cannot: the message waits in RabbitMQ's
+        delay queues, which hand nothing back early."""
+        from unified_jobs.adapters.celery.kinds import redis_monitor
+
+        if not self.shares_broker:
+            info = self.get(job_id)
+            if info is not None and info.status in ("scheduled", "retrying"):
+                logger.info(
+                    "job %s cannot be made due now: its message waits in the broker's delay queues, "
+                    "which give no message back early; cancel it and enqueue it again instead",
+                    job_id,
+                )
+            return False
+        return redis_monitor.run_now(self, job_id)
 
     def close(self) -> None:
         self.client.close()
@@ -380,7 +518,7 @@ class RedisKind(QueueKind):
         return 9 - priority
 
     def make_store(self) -> JobStore:
-        return RedisJobStore(self.queue.uri, self.workers.keep_completed)
+        return RedisJobStore(self.queue.uri, self.workers.keep_completed, shares_broker=True)
 
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         store = self.store

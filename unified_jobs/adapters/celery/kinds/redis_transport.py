@@ -39,6 +39,8 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.json import dumps as _kombu_dumps
 from kombu.utils.url import as_url
 
+from unified_jobs.adapters.liveness import note_poll
+
 __all__ = [
     "DELAYED_INDEX",
     "DELAYED_PREFIX",
@@ -254,6 +256,12 @@ class DelayedMixin:
             pipe.zadd(DELAYED_INDEX, {queue: due}, lt=True)
             pipe.execute()
         return None
+
+    def _brpop_start(self, timeout: Any = None) -> Any:
+        result = super()._brpop_start(timeout)  # type: ignore[misc]
+        if getattr(self, "_in_poll", None):  # a BRPOP went out: this worker asks its queues for jobs
+            note_poll()
+        return result
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]

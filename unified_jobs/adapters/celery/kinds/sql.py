@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,19 +20,24 @@ from sqlalchemy.engine import Row
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.celery.kinds import Check, QueueKind
-from unified_jobs.adapters.sql import queries
+from unified_jobs.adapters.sql import monitor_queries, queries
+from unified_jobs.adapters.sql.heartbeats import SqlHeartbeats
+from unified_jobs.adapters.sql.schema import COMPLETED
 from unified_jobs.adapters.sql.store import JobStore as SqlTable
 from unified_jobs.core.job import JobInfo, JobStatus, aware, utcnow
+from unified_jobs.core.monitor import SEARCH_LIMIT, JobPage, JobQuery, QueueStats, ThroughputBucket
 from unified_jobs.core.store import JobStore
 from unified_jobs.errors import ConfigError
 
-__all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "split_error"]
+__all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "like_pattern", "split_error"]
 
 #: Cancel requests older than this are deleted (their job had ended before a worker saw them).
 STALE_CANCEL_REQUEST = timedelta(hours=1)
 
 #: The header a retry's message carries the failed attempt's error in (for ``jobs.job()``).
 ERROR_HEADER = "unified_jobs_error"
+#: A LIKE pattern (escape ``\\``) of the payloads that carry it: how SQL tells a retry's row.
+RETRY_MARK = '%"' + ERROR_HEADER.replace("_", "\\_") + '":%'
 
 
 def split_error(text: str | None) -> tuple[str | None, str | None]:
@@ -43,7 +48,9 @@ def split_error(text: str | None) -> tuple[str | None, str | None]:
     return head, (trace if sep else None)
 
 
-class SqlJobStore(JobStore):
+class SqlJobStore(SqlHeartbeats, JobStore):
+    can_run_now = True
+
     def __init__(self, url: str, table_prefix: str) -> None:
         self.table = SqlTable(url, table_prefix)
         self.q = queries.one_job_queries_for(self.table.tables)
@@ -88,6 +95,122 @@ class SqlJobStore(JobStore):
             for task_id in found:
                 conn.execute(self.q.clear_request, {"job_task_id": task_id})
         return found
+
+    def run_now(self, job_id: str) -> bool:
+        """The row's run_at becomes now and its message loses its ``eta`` (else the worker
+        that claims it would hold it until then)."""
+        row = self._one(self.q.get, {"job_task_id": job_id})
+        now = utcnow()
+        if row is None or _info(row).status not in ("scheduled", "retrying") or aware(row.run_at) <= now:
+            return False
+        try:
+            message = json.loads(row.payload)
+            message["headers"] = {**(message.get("headers") or {}), "eta": None}
+        except (ValueError, TypeError, AttributeError):
+            return False  # not a message a worker could run either
+        params = {"row_id": row.id, "payload": json.dumps(message), "now": now}
+        return self._change(self.q.run_now, params) > 0
+
+    # -- what the dashboard reads (the SQL: adapters/sql/monitor_queries.py) -------------
+
+    def jobs(self, query: JobQuery) -> JobPage:
+        t = self.table
+        worker, queue, search = query.worker is not None, query.queue is not None, bool(query.text)
+        params: dict[str, Any] = {
+            "now": utcnow(),
+            "retry_mark": RETRY_MARK,
+            "limit": query.limit + 1,
+            "offset": query.offset,
+            "n": SEARCH_LIMIT if search else query.offset + query.limit + 1,
+            "worker": query.worker,
+            "queue": query.queue,
+        }
+        if search:
+            params["pattern"] = like_pattern(query.text or "")
+        stmt = monitor_queries.page(t.tables, t.dialect, query.status, worker, queue, search)
+        infos = [_info(row) for row in t.monitor_rows(stmt, params)]
+        more = len(infos) > query.limit
+        infos = infos[: query.limit]
+        if query.status is not None:  # the SQL's test of a retry's row is loose; _info decides
+            infos = [info for info in infos if info.status == query.status]
+        searched = None
+        if search and not more:
+            count = monitor_queries.candidates_count(t.tables, query.status, worker, queue)
+            (n,) = t.monitor_rows(count, {**params, "n": SEARCH_LIMIT + 1})[0]
+            if n > SEARCH_LIMIT:
+                searched = SEARCH_LIMIT
+        return JobPage(jobs=infos, more=more, searched=searched)
+
+    def status_counts(self) -> dict[str, int]:
+        t = self.table
+        counts = {str(s): int(n) for s, n in t.monitor_rows(monitor_queries.counts_by_status(t.tables), {})}
+        queued = counts.pop("queued", 0)
+        if queued:
+            params = {"now": utcnow(), "retry_mark": RETRY_MARK}
+            ((retrying, scheduled),) = t.monitor_rows(monitor_queries.queued_split(t.tables), params)
+            split = {"retrying": int(retrying), "scheduled": int(scheduled)}
+            split["queued"] = queued - split["retrying"] - split["scheduled"]
+            counts.update({status: n for status, n in split.items() if n > 0})
+        return counts
+
+    def queue_stats(self) -> list[QueueStats]:
+        """The queues with a job waiting, running or failed, and those a live worker consumes
+        (a queue whose jobs all ended long ago is found by no index: listing it would cost a
+        scan of the whole history)."""
+        t = self.table
+        params = {"now": utcnow(), "retry_mark": RETRY_MARK}
+        stats: dict[str, dict[str, Any]] = {}
+
+        def of(queue: str) -> dict[str, Any]:
+            return stats.setdefault(queue, {"name": queue})
+
+        for queue, queued, scheduled, processing, failed, oldest in t.monitor_rows(
+            monitor_queries.queues(t.tables), params
+        ):
+            entry = of(str(queue))
+            entry.update(queued=int(queued or 0), scheduled=int(scheduled or 0))
+            entry.update(processing=int(processing or 0), failed=int(failed or 0))
+            if oldest is not None:
+                entry["oldest_queued_at"] = aware(oldest).astimezone(timezone.utc)
+        for name in self._consumed_queues():
+            of(name)
+        return [QueueStats(**stats[name]) for name in sorted(stats)]
+
+    def _consumed_queues(self) -> set[str]:
+        """The queues the live workers' heartbeats say they consume (none if unknown)."""
+        try:
+            beats = self.workers()
+        except Exception:  # no heartbeats kept, or their table is unreadable: the jobs tell
+            return set()
+        return {queue for beat in beats for queue in beat.queues}
+
+    def throughput(self, minutes: int = 60) -> list[ThroughputBucket]:
+        t = self.table
+        current = int(utcnow().timestamp() // 60)
+        span = range(current - max(1, minutes) + 1, current + 1)
+        since = datetime.fromtimestamp(span[0] * 60, timezone.utc)
+        counts: dict[int, list[int]] = {minute: [0, 0] for minute in span}
+        for start, status, n in t.monitor_rows(
+            monitor_queries.throughput(t.tables, t.dialect), {"since": since}
+        ):
+            if isinstance(start, str):  # SQLite: 'YYYY-MM-DD HH:MM', UTC
+                start = datetime.strptime(start, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+            minute = int(aware(start).timestamp() // 60)
+            if minute in counts:
+                counts[minute][0 if status == COMPLETED else 1] += int(n)
+        return [
+            ThroughputBucket(datetime.fromtimestamp(minute * 60, timezone.utc), completed, failed)
+            for minute, (completed, failed) in counts.items()
+        ]
+
+
+def like_pattern(text: str) -> str:
+    """A LIKE pattern (escape ``\\``) for ``text`` anywhere in a message body: non-ASCII
+    characters as the JSON of the body writes them (``\\u`` escapes), ``%``, ``_`` and the
+    escape character escaped."""
+    as_json = "".join(ch if ord(ch) < 128 else json.dumps(ch)[1:-1] for ch in text)
+    escaped = as_json.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _info(row: Row[Any]) -> JobInfo:
