@@ -226,11 +226,11 @@ def main() -> None:
                 )
         finally:
             if any(n.startswith("postgres") for n, _, _ in plans):
-                _drop_pg_tables([f"{prefix}jobs", f"{prefix}schema_version", kombu_m, kombu_q])
-                import psycopg
+                from unified_jobs.adapters.sql.engine import get_engine
+                from unified_jobs.adapters.sql.schema import drop_schema, tables_for
 
-                with psycopg.connect(PG, autocommit=True) as conn:
-                    conn.execute(f"DROP FUNCTION IF EXISTS {prefix}jobs_notify()")
+                _drop_pg_tables([kombu_m, kombu_q])
+                drop_schema(get_engine(PG), tables_for(prefix))  # every table of ours, and functions
 
     print("\nsummary (ujsql vs kombu sqla, same database, Celery prefork c=2):")
     print(f"{'':10} {'enqueue/s':>18} {'drain/s':>18} {'p50 ms':>18} {'p99 ms':>18}")

@@ -17,6 +17,7 @@ as a ``unified-jobs --app tests.contract.contract_app:app_from_env start --worke
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import urllib.error
@@ -32,12 +33,17 @@ __all__ = ["CONTRACT_CELERY", "Flower", "start_flower"]
 CONTRACT_CELERY = "tests.flower:contract_celery"
 
 
+@functools.cache
+def _contract_celery() -> Any:
+    from tests.contract.contract_app import app_from_env
+
+    return app_from_env().celery
+
+
 def __getattr__(name: str) -> Any:
     # Lazy, so that importing this module (pytest does) needs no UJ_CONTRACT_CONFIG.
     if name == "contract_celery":
-        from tests.contract.contract_app import app_from_env
-
-        return app_from_env().celery
+        return _contract_celery()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -281,4 +281,4 @@ def test_the_mover_moves_due_jobs_once_survives_redis_down_and_is_not_forked(
         assert os.waitpid(pid, 0)[1] == 0, "a forked child must not inherit the mover"
         running = redis_transport._mover
     # the connection's channel closed: its mover stops
-    assert wait_until(lambda: not running.thread.is_alive(), timeout=5)
+    assert wait_until(lambda: not running.thread.is_alive(), timeout=15)

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.timeout(120)
 
 APP = "tests.integration.scheduler_app:create_app"
 SCHEDULE = "every_second"
-WINDOW = 20.0
+WINDOW = 14.0
 WORKERS = 3
 SCHEDULERS = 2
 WORKER_ARGS = (

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -156,7 +157,12 @@ def test_sql_run_now_makes_a_waiting_row_due_and_drops_its_eta(sql: SqlJobStore)
 
 
 def test_sql_throughput_buckets_the_ended_rows_by_minute(sql: SqlJobStore) -> None:
-    minute = datetime.fromtimestamp(NOW.timestamp() // 60 * 60, timezone.utc)
+    # The current minute (not NOW's, taken at import): the buckets end with it. Away from its
+    # last second, so that the minute does not change before throughput() reads the clock.
+    if datetime.now(timezone.utc).second >= 58:
+        time.sleep(3)
+    now = datetime.now(timezone.utc)
+    minute = datetime.fromtimestamp(now.timestamp() // 60 * 60, timezone.utc)
     add_rows(
         sql,
         [

@@ -212,15 +212,16 @@ class Channel(ControlChannel):
         return result
 
     def drain_events(self, timeout: float | None = None, callback: Callable[..., Any] | None = None) -> None:
-        note_poll()
         if not self._consumers:
             self.leases.next_due = None
             raise Empty()
+        queues = self._job_queues
+        if queues:  # consuming job queues: asking for jobs, even with every slot busy
+            note_poll()
         deliver: Callable[..., Any] = callback or self.connection._deliver
         # Control messages first: few, and not held back by the prefetch limit of jobs.
         if self._control_queues and self._control_due() and self._deliver_control(deliver):
             return
-        queues = self._job_queues
         if not queues or not self.qos.can_consume():
             self.leases.next_due = None
             raise Empty()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from queue import Empty
 from time import monotonic
@@ -48,6 +49,23 @@ CONTROL_POLL_SQLITE_SEC = 0.1
 #: Postgres: a NOTIFY wakes control consumers (and a reconnect polls), so this fallback poll
 #: should never matter; it is rare because each poll is a write transaction.
 CONTROL_POLL_PG_SEC = 5.0
+
+
+#: The transports with a consumer in this process (``stop_waiting``).
+_consuming: weakref.WeakSet[Transport] = weakref.WeakSet()
+
+
+def stop_waiting() -> None:
+    """A worker is shutting down: every consuming transport of this process stops waiting for
+    jobs. Safe to call from a signal handler: the events are set from a new thread, never while
+    the interrupted thread may hold one of their locks."""
+
+    def wake() -> None:
+        for transport in list(_consuming):
+            transport.stopping = True
+            transport.wakeup.set()
+
+    threading.Thread(target=wake, name="unified_jobs-sql-stop", daemon=True).start()
 
 
 class Transport(virtual.Transport):
@@ -103,6 +121,9 @@ class Transport(virtual.Transport):
         self._watched: frozenset[str] = frozenset()
         #: False while the consumer was woken only to poll its control queues (drain_events).
         self.jobs_due = True
+        #: Set by ``stop_waiting``: an idle ``drain_events`` returns instead of waiting out its
+        #: timeout (Celery's loop waits 2 s at a time), so a warm shutdown starts at once.
+        self.stopping = False
 
     def driver_version(self) -> str:
         return str(sqlalchemy.__version__)
@@ -112,6 +133,7 @@ class Transport(virtual.Transport):
         if self._wakeups_on:
             return
         self._wakeups_on = True
+        _consuming.add(self)
         register_local(self.local_key, self)
         if self.dialect == "postgresql":
             channels = {
@@ -179,6 +201,8 @@ class Transport(virtual.Transport):
                     raise TimeoutError()  # socket.timeout: what Celery expects
                 wait = min(wait, left)
             woken = self.wakeup.wait(wait)
+            if self.stopping:
+                raise TimeoutError()  # the worker is shutting down: back to its loop at once
             self.jobs_due = woken or not for_control
 
     def _idle_wait(self) -> float:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
+from celery import signals
 from sqlalchemy.engine import Row
 
 from unified_jobs._uri import mask_uri
@@ -38,6 +39,16 @@ STALE_CANCEL_REQUEST = timedelta(hours=1)
 ERROR_HEADER = "unified_jobs_error"
 #: A LIKE pattern (escape ``\\``) of the payloads that carry it: how SQL tells a retry's row.
 RETRY_MARK = '%"' + ERROR_HEADER.replace("_", "\\_") + '":%'
+
+
+def _stop_waiting(**_: Any) -> None:
+    from unified_jobs.adapters.sql.transport import stop_waiting
+
+    stop_waiting()
+
+
+# A warm shutdown (SIGTERM) begins at once, not after the idle consumer's 2 s wait for jobs.
+signals.worker_shutting_down.connect(_stop_waiting, weak=False)
 
 
 def split_error(text: str | None) -> tuple[str | None, str | None]:
