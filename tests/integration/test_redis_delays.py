@@ -257,7 +257,9 @@ def test_the_mover_moves_due_jobs_once_survives_redis_down_and_is_not_forked(
     setup: tuple[Jobs, Path, dict[str, str]], client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     jobs, _, _ = setup
-    Echo.perform_all_later([{"n": i} for i in range(3)], wait=timedelta(seconds=1))
+    # Due in 3 s: long enough that no other mover of this process could take them first on a
+    # slow machine, before this one's rounds below.
+    Echo.perform_all_later([{"n": i} for i in range(3)], wait=timedelta(seconds=3))
     assert delayed(client) == 3
     with jobs.celery.connection() as conn:  # not a pooled one: leaving the block closes it
         mover = Mover(conn.default_channel, interval=60)
@@ -269,7 +271,7 @@ def test_the_mover_moves_due_jobs_once_survives_redis_down_and_is_not_forked(
         warnings = [r for r in caplog.records if "cannot move due delayed jobs" in r.getMessage()]
         assert len(warnings) == 1, "one warning per outage"
         mover.client = healthy
-        time.sleep(1.0)
+        time.sleep(3.0)
         assert mover.round() == 3 and mover.round() == 0, "each job is moved once"
         assert listed(client) == 3 and delayed(client) == 0 and client.zcard(DELAYED_INDEX) == 0
 

@@ -216,12 +216,13 @@ def purge_queue(jobs: Jobs, name: str) -> int:
         kind = jobs.celery_bridge().kind
         if kind is not None and kind.job_table() is None:  # Redis, RabbitMQ: the broker's lists
             purged = sum(kind.purge_queues(jobs.celery, [name]).values())
-    store = jobs.adapter.store
+    adapter = jobs.adapter
     cancelled = 0
     for status in ("queued", "scheduled", "retrying"):
         while True:  # cancel page by page until none is left (each cancel takes one out)
-            page = store.jobs(JobQuery(status=status, queue=name, limit=500))
-            done = sum(1 for info in page.jobs if store.cancel(info.id))
+            page = adapter.store.jobs(JobQuery(status=status, queue=name, limit=500))
+            # The adapter's cancel: the in-process pool also drops a delayed job it holds.
+            done = sum(1 for info in page.jobs if adapter.cancel(info.id))
             cancelled += done
             if not page.more or done == 0:
                 break

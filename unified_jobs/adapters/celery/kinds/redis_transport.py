@@ -265,7 +265,10 @@ class DelayedMixin:
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
-        _ensure_mover(self)
+        # Job queues only: a remote-control client's reply queue (auto-delete, as Celery's
+        # pidbox and event queues are) holds no delayed job, and its channel may live long.
+        if queue not in getattr(self, "auto_delete_queues", ()):
+            _ensure_mover(self)
         return result
 
     def create_publish_batch(self, max_size: int) -> PublishBatch:
