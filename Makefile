@@ -15,9 +15,15 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	cd examples && ../$(BIN)/python -m shop.demo
+	cd examples/djangoshop && ../../$(BIN)/python -m djangoshop.demo
+
+# The suite runs in $(TEST_WORKERS) pytest-xdist processes: most of its time is spent waiting on
+# real workers and servers, not on the CPU. Modules that share a server resource stay in one
+# process (tests/conftest.py). `make test TEST_WORKERS=0` runs it in this process.
+TEST_WORKERS ?= 3
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check unified_jobs tests examples bench

@@ -7,8 +7,14 @@ import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.unit.cli_project import Project
 
 IN_CI = bool(os.environ.get("CI"))
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
@@ -72,6 +78,68 @@ def flush_redis_db(purpose: str) -> None:
     client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=REDIS_DBS[purpose])
     client.flushdb()
     client.close()
+
+
+#: ``make test`` runs the suite in pytest-xdist workers, scheduled by group: each test module
+#: is one group (its module fixtures run once), and modules that share a server resource (a Redis
+#: database above, a table prefix, a vhost, a Django test database) are one group, so that two
+#: workers never flush or drain each other's jobs. A new module that shares one goes here.
+XDIST_GROUPS = {
+    "tests/contract/": "contract",
+    "tests/django/": "django",
+    "tests/integration/test_django_example.py": "django",
+    "tests/integration/test_django_recipe.py": "django",
+    "tests/testing/": "testing",
+    "examples/tests/": "examples",
+    "tests/integration/test_liveness.py": "redis-db0",  # liveness and monitor share database 0
+    "tests/integration/test_monitor_stores.py": "redis-db0",
+    "tests/acceptance/test_cli_doctor.py": "cli",
+    "tests/acceptance/test_cli_server.py": "cli",
+    "tests/acceptance/test_cli_jobs.py": "jobscli",
+    "tests/unit/test_cli_faults.py": "jobscli",
+    "tests/integration/test_celery_modes.py": "canvas",
+    "tests/integration/test_flask_recipe.py": "canvas",
+}
+
+
+def xdist_group(module: str) -> str:
+    """The xdist group of a test module (its path from the project's root)."""
+    for start, group in XDIST_GROUPS.items():
+        if module.startswith(start):
+            return group
+    return module
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's ``loadfile`` scheduling, with the groups above as its units. (Not ``loadgroup``
+    with marks: pytest 9 ignores the node ids xdist 3.8 rewrites for it.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):  # type: ignore[misc]
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_group(nodeid.split("::", 1)[0])
+
+    return GroupScheduling(config, log)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault suite's table (``tests/faults/conftest.py``): one row per scenario run; *time*
+    is the recovery (the first job started after the server came back) or the stop's duration."""
+    rows = [
+        value
+        for report in terminalreporter.stats.get("passed", []) + terminalreporter.stats.get("failed", [])
+        if report.when == "call"
+        for key, value in report.user_properties
+        if key == "fault_row"
+    ]
+    if not rows:
+        return
+    terminalreporter.section("fault table")
+    terminalreporter.write_line(f"{'scenario':<56} {'kind':<9} {'lost':>4} {'twice':>5} {'time':>9}")
+    for scenario, kind, lost, twice, recovery in sorted(rows, key=lambda r: (r[1], r[0])):
+        took = f"{recovery:.2f} s" if isinstance(recovery, (int, float)) else "-"
+        terminalreporter.write_line(f"{scenario:<56} {kind:<9} {lost:>4} {twice:>5} {took:>9}")
 
 
 PG_URL = f"postgresql://postgres@{PG_HOST}:{PG_PORT}/test"
@@ -149,6 +217,26 @@ def rabbitmq_counts(uri: str) -> dict[str, tuple[int, int]]:
     return counts
 
 
+def rabbitmq_ready(uri: str, names: list[str]) -> dict[str, int]:
+    """Ready messages of these queues (missing ones count 0), read with AMQP passive declares: in
+    milliseconds, where ``rabbitmqctl`` starts an Erlang VM (seconds on a loaded machine), so a test
+    of a short delay can look before the delay ends."""
+    from kombu import Connection
+
+    counts = {}
+    with Connection(uri) as conn:
+        channel = conn.channel()
+        for name in names:
+            try:
+                counts[name] = channel.queue_declare(name, passive=True).message_count
+            except conn.channel_errors:  # a 404 closes the channel
+                counts[name] = 0
+                channel = conn.channel()
+        with contextlib.suppress(Exception):
+            channel.close()
+    return counts
+
+
 def purge_rabbitmq_queues(uri: str, names: list[str]) -> None:
     """Empty these queues of the vhost (and its delay queues); missing queues are fine."""
     from kombu import Connection
@@ -162,3 +250,15 @@ def purge_rabbitmq_queues(uri: str, names: list[str]) -> None:
                 channel.queue_purge(name)
             with contextlib.suppress(Exception):  # a 404 closed it
                 channel.close()
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Project]:
+    """A project folder to run ``unified-jobs`` in, in this process (see ``tests/unit/cli_project``)."""
+    from tests.unit.cli_project import Project
+
+    p = Project(tmp_path, monkeypatch, capsys)
+    yield p
+    p.close()

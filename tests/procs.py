@@ -157,15 +157,22 @@ def wait_for_http(url: str, timeout: float = 30.0, proc: WorkerProcess | None = 
 
 
 class PrivateRedis:
-    """A redis-server of the test's own on a free port (nothing kept on disk), for tests that
-    need a whole Redis (every database number of the shared one is taken)."""
+    """A redis-server of the test's own on a free port, for tests that need a whole Redis
+    (every database number of the shared one is taken). Nothing is kept on disk, unless
+    ``persist``: then every write goes to its append-only file first (``appendfsync always``),
+    so that ``stop`` and ``start`` are a restart that keeps every job."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, persist: bool = False) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
-        argv += ["--appendonly", "no", "--dir", str(folder)]
-        self.proc = WorkerProcess(argv, {}, folder / f"redis-{self.port}.log")
+        self.folder = folder
+        self.argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        self.argv += ["--dir", str(folder)]
+        self.argv += ["--appendonly", "yes", "--appendfsync", "always"] if persist else ["--appendonly", "no"]
+        self.start()
+
+    def start(self) -> None:
+        self.proc = WorkerProcess(self.argv, {}, self.folder / f"redis-{self.port}.log")
         wait_until(self._up, 10, 0.05) or self._fail()
 
     def _up(self) -> bool:
@@ -183,3 +190,90 @@ class PrivateRedis:
 
     def stop(self) -> None:
         self.proc.stop(10)
+
+
+def _postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: ``UJ_PG_BINDIR``, the PATH, or Debian's newest
+    /usr/lib/postgresql/<major>/bin."""
+    import shutil
+
+    if os.environ.get("UJ_PG_BINDIR"):
+        return Path(os.environ["UJ_PG_BINDIR"])
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    majors = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return majors[-1].parent if majors else None
+
+
+def postgres_bindir_or_reason() -> tuple[Path | None, str]:
+    """PostgreSQL's server programs, or why a private cluster cannot be made here."""
+    bindir = _postgres_bindir()
+    if bindir is None or not (bindir / "pg_ctl").exists():
+        return None, "no PostgreSQL server programs (initdb, pg_ctl): apt install postgresql"
+    if os.geteuid() == 0:
+        import pwd
+
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return None, "running as root with no 'postgres' user to own a private cluster"
+    return bindir, ""
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of the test's own (``initdb`` in a temporary folder, a free port on
+    127.0.0.1, trust auth, fsync off), for tests that stop, restart or kill the server. Never
+    the shared server. As root, the cluster belongs to the ``postgres`` user (``initdb`` and
+    the server refuse root)."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        bindir, reason = postgres_bindir_or_reason()
+        if bindir is None:
+            raise RuntimeError(reason)
+        self.bindir = bindir
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.folder = Path(tempfile.mkdtemp(prefix="uj-pg-"))
+        self.data = self.folder / "data"
+        self.logfile = self.folder / "server.log"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            import shutil
+
+            self.folder.chmod(0o755)
+            shutil.chown(self.folder, "postgres")
+        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def _run(self, program: str, *args: str, timeout: float = 60) -> str:
+        argv = [*self._as, str(self.bindir / program), *args]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            log = self.logfile.read_text(errors="replace")[-3000:] if self.logfile.exists() else ""
+            raise AssertionError(f"{program} {' '.join(args)} failed:\n{done.stdout}{done.stderr}\n{log}")
+        return done.stdout
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.folder} -c listen_addresses=127.0.0.1 -c fsync=off"
+        options += " -c full_page_writes=off -c max_connections=200"
+        data, log = str(self.data), str(self.logfile)
+        self._run("pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "30", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server: ``fast`` (connections cut, a clean shutdown) or ``immediate`` (as
+        a crash: recovery at the next start)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "30", "stop")
+
+    def running(self) -> bool:
+        argv = [*self._as, str(self.bindir / "pg_ctl"), "-D", str(self.data), "status"]
+        return subprocess.run(argv, capture_output=True).returncode == 0
+
+    def destroy(self) -> None:
+        import shutil
+
+        if self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.folder, ignore_errors=True)

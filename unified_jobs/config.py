@@ -89,6 +89,10 @@ class WorkersConfig(_Strict):
     concurrency: int = Field(default=4, ge=1, le=1024)
     #: Seconds the BackgroundAsync pool waits for queued jobs at interpreter exit.
     shutdown_timeout: float = Field(default=10.0, ge=0)
+    #: ``start --worker``: seconds a warm stop (SIGTERM) lets the running jobs finish; then the
+    #: worker stops cold, and the jobs still running go back to their queue to run again. None
+    #: (the default, as Celery): wait for them however long they take.
+    stop_grace: float | None = Field(default=None, gt=0)
     #: A job whose worker process dies (OOM, SIGKILL, ``os._exit``) is delivered at most this
     #: many times, then failed with ``WorkerLost``.
     max_deliveries: int = Field(default=3, ge=1, le=1000)
@@ -140,7 +144,22 @@ class QueueConfig(_Strict):
     enable_logging: bool = False
     max_connections: int = Field(default=20, ge=1)
     min_connections: int = Field(default=1, ge=0)
-    connect_timeout: int = Field(default=500, ge=1, description="milliseconds")
+    #: Milliseconds to wait for a connection to the queue's server (and the RabbitMQ kind's job
+    #: store) to be set up; Postgres rounds it up to whole seconds, at least 2 (libpq's minimum).
+    connect_timeout: int = Field(
+        default=500,
+        ge=1,
+        description="milliseconds to wait for a connection to the queue's server to be set up",
+    )
+    #: Milliseconds to wait for each answer of the server (and of the RabbitMQ kind's job
+    #: store) before the command fails: an enqueue to a server that accepted the connection and
+    #: does not answer raises ``EnqueueError`` after at most two such waits (see
+    #: docs/reference/configuration.md, "Timeouts").
+    read_timeout: int = Field(
+        default=5000,
+        ge=1,
+        description="milliseconds to wait for each answer of the queue's server",
+    )
     idle_timeout: int = Field(default=500, ge=1, description="milliseconds")
     poll_interval_sec: float = Field(default=1.0, gt=0)
     num_workers: int | None = Field(default=None, ge=1)
@@ -161,6 +180,16 @@ class QueueConfig(_Strict):
     #: ``perform_later`` returning means the job exists; false: ~2.5x the enqueue rate, but a
     #: job published just before the broker fails, or one it refuses, is lost without an error.
     confirm_publish: bool = True
+
+    @property
+    def connect_timeout_sec(self) -> float:
+        """``connect_timeout`` in seconds."""
+        return self.connect_timeout / 1000
+
+    @property
+    def read_timeout_sec(self) -> float:
+        """``read_timeout`` in seconds."""
+        return self.read_timeout / 1000
 
     @model_validator(mode="after")
     def _uri_not_empty(self) -> QueueConfig:

@@ -397,11 +397,12 @@ def test_dump_then_import_loses_no_field_and_the_jobs_run(sql_project: Project) 
 def test_import_refuses_a_bad_file_and_imports_nothing(sql_project: Project) -> None:
     p = sql_project
     bad = p.path / "bad.jsonl"
+    body = base64.b64encode(json.dumps([[], {"n": 1}, {}]).encode()).decode()
     good = {
         "format": "unified_jobs.job/1",
         "queue": "reports",
         "worker": REPORT,
-        "payload": {"properties": {}},
+        "payload": {"body": body, "properties": {"body_encoding": "base64"}},
     }
     bad.write_text(json.dumps(good) + "\n" + json.dumps({**good, "priority": "high"}) + "\n")
     result = p.run("jobs", "import", "-f", str(bad))
@@ -493,6 +494,7 @@ def test_show_cancel_failed_retry_and_discard_one_job_by_id(sql_project: Project
     assert p.ok("jobs", "cancel", waiting).strip() == f"cancelled job {waiting}"
     assert json.loads(p.ok("jobs", "show", waiting, "--json"))["status"] == "cancelled"
     assert p.run("jobs", "cancel", waiting).returncode == 1  # not waiting any more
+
     def bad_failed() -> bool:
         return bool(json.loads(p.ok("jobs", "show", bad, "--json"))["status"] == "failed")
 

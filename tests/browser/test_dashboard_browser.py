@@ -298,8 +298,14 @@ def test_every_page_and_action(browser: Any, site: Site) -> None:
     assert found, flash
     _eventually(site, found.group(1), "completed")
 
-    # Workers: alive ("ok": beating and polling), with the running slow job.
-    page.goto(f"{site.base}/workers")
+    # Workers: alive ("ok": beating and polling), with the running slow job. A worker beats
+    # every 10 s (workers.heartbeat_interval): its first beats may predate the slow job's
+    # start, so the page is read again until a beat names it (one interval and a margin).
+    def workers_page() -> str:
+        page.goto(f"{site.base}/workers")
+        return page.locator("table.workers tbody").inner_text()  # type: ignore[no-any-return]
+
+    wait_until(lambda: ids["processing"][0][:8] in workers_page(), 15, interval=0.5)
     workers = page.locator("table.workers tbody").inner_text()
     assert page.locator("table.workers span.state-ok").count() >= 1, workers
     assert ids["processing"][0][:8] in workers, workers

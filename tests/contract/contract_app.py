@@ -127,6 +127,13 @@ class SlowRetry(Flaky):
     retry = Retry(max_attempts=2, wait=3.0, jitter=False)
 
 
+class PatientRetry(Flaky):
+    """Its retry waits long enough to be seen waiting on a slow machine (tests cancel it)."""
+
+    name = "contract.PatientRetry"
+    retry = Retry(max_attempts=2, wait=60.0, jitter=False)
+
+
 class Discarding(Worker[EchoArgs]):
     name = "contract.Discarding"
     retry = Retry(max_attempts=5, wait=0.1, discard_on=(ValueError,))
@@ -198,10 +205,73 @@ class BrieflyUnique(Worker[EchoArgs]):
         record(self.ctx, worker=self.name, job=self.job_id, n=args.n)
 
 
+class ResultArgs(BaseModel):
+    #: Which of ``RESULTS`` to return.
+    kind: str
+
+
+#: What ``Returns`` returns, by kind: JSON-compatible values, and others.
+RESULTS: dict[str, Any] = {
+    "dict": {"total": 12.5, "items": [{"sku": "a-1", "qty": 2}], "paid": True, "note": None, "name": "café"},
+    "list": [1, "two", 3.0, False, None, [4]],
+    "number": 42,
+    "tuple": (1, 2),  # kept as JSON has it: [1, 2]
+    "int_keys": {1: "one"},  # kept as JSON has it: {"1": "one"}
+    "set": {1, 2, 3},  # not JSON-serializable: not kept
+    "huge": "x" * 1_100_000,  # over the 1 MiB kept
+    "none": None,
+}
+
+
+class Returns(Worker[ResultArgs]):
+    name = "contract.Returns"
+
+    def perform(self, args: ResultArgs) -> Any:
+        record(self.ctx, worker=self.name, job=self.job_id, kind=args.kind)
+        return RESULTS[args.kind]
+
+
+class AsyncReturns(Worker[ResultArgs]):
+    name = "contract.AsyncReturns"
+    queue = "async"
+
+    async def perform(self, args: ResultArgs) -> Any:
+        await asyncio.sleep(0.001)
+        record(self.ctx, worker=self.name, job=self.job_id, kind=args.kind)
+        return RESULTS[args.kind]
+
+
+class PaymentDeclined(Exception):
+    """An application's own error (its class path is kept with the failed job)."""
+
+
+class RaiseArgs(BaseModel):
+    #: "declined" (PaymentDeclined), "nested" (Raises.Nested), or "value" (ValueError).
+    error: str
+
+
+class Raises(Worker[RaiseArgs]):
+    """Fails at once (no retry) with the error asked for."""
+
+    name = "contract.Raises"
+
+    class Nested(LookupError):
+        """An error class defined inside another (its path has the qualified name)."""
+
+    def perform(self, args: RaiseArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id, error=args.error)
+        if args.error == "declined":
+            raise PaymentDeclined("card declined")
+        if args.error == "nested":
+            raise Raises.Nested("no such thing")
+        raise ValueError("a bad value")
+
+
 WORKERS = (
     *(Echo, AsyncEcho, Fail, Sleep, Mail),
-    *(Flaky, FlakyTwice, FailsUntil, SlowRetry, Discarding, Limited, Exiting, LongAsync),
+    *(Flaky, FlakyTwice, FailsUntil, SlowRetry, PatientRetry, Discarding, Limited, Exiting, LongAsync),
     *(UniqueEcho, UniqueFail, BrieflyUnique),
+    *(Returns, AsyncReturns, Raises),
 )
 
 

@@ -57,6 +57,7 @@ def test_a_job_out_of_attempts_is_failed_with_its_traceback(harness: Harness) ->
     assert failed.last_error is not None and failed.last_error.startswith("ConnectionError: attempt 2 failed")
     assert failed.traceback is not None
     assert "Traceback" in failed.traceback and "ConnectionError" in failed.traceback
+    assert failed.error_class == "builtins.ConnectionError" and failed.result is None
     listed = harness.wait_until(lambda: [f for f in harness.jobs.failed(worker=FlakyTwice) if f.id == job_id])
     assert listed and listed[0].worker == "contract.FlakyTwice" and listed[0].args == {"fail_times": 5}
     assert harness.jobs.failed(worker="contract.Echo") == []
@@ -82,6 +83,7 @@ def test_a_waiting_retry_is_retrying(harness: Harness) -> None:
     handle = SlowRetry.perform_later({"fail_times": 1})
     info = settled(harness, handle.id, "retrying", timeout=10)
     assert info.last_error is not None and "attempt 1 failed" in info.last_error
+    assert info.error_class == "builtins.ConnectionError"
     assert info.run_at is not None
     settled(harness, handle.id, "completed")
 
@@ -92,6 +94,7 @@ def test_an_attempt_over_its_time_limit_fails_and_is_retried_per_policy(harness:
     info = settled(harness, job_id, "failed", timeout=30)
     assert time.monotonic() - started < 15, "the limit did not stop the attempt"
     assert info.last_error is not None and "TimeLimitExceeded" in info.last_error
+    assert info.error_class == "unified_jobs.errors.TimeLimitExceeded"
     time.sleep(1.0)  # nothing more arrives
     runs = runs_of(harness, info.id)
     assert [r["worker"] for r in runs] == ["contract.Limited"] * 2
@@ -106,6 +109,7 @@ def test_a_job_whose_worker_process_dies_is_delivered_at_most_max_deliveries_tim
     handle = Exiting.perform_later({"n": 1})
     info = settled(harness, handle.id, "failed", timeout=60)
     assert info.last_error is not None and "WorkerLost" in info.last_error, info.last_error
+    assert info.error_class is None  # what the process died of is unknown
     time.sleep(1.0)
     assert 1 <= len(runs_of(harness, handle.id)) <= 3  # workers.max_deliveries defaults to 3
 
@@ -114,6 +118,7 @@ def test_discard_on_fails_at_once(harness: Harness) -> None:
     info = settled(harness, harness.run_failing(Discarding, {"n": 1}, ValueError, "can never work"), "failed")
     assert info.attempts == 1 and len(runs_of(harness, info.id)) == 1
     assert info.last_error is not None and info.last_error.startswith("ValueError: this input can never work")
+    assert info.error_class == "builtins.ValueError"
 
 
 def test_a_failed_job_can_be_retried_and_discarded(harness: Harness) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tests.contract.conftest import Harness
-from tests.contract.contract_app import AsyncEcho, Echo, Fail, LongAsync, Mail, SlowRetry
+from tests.contract.contract_app import AsyncEcho, Echo, Fail, LongAsync, Mail, PatientRetry, SlowRetry
 from unified_jobs import JobHandle, JobInfo
 from unified_jobs.core.monitor import JobPage, JobQuery
 
@@ -87,7 +87,9 @@ def test_jobs_in_every_state_are_listed_counted_and_in_the_queue_stats(harness: 
     running: list[JobHandle] = []
     retry: JobHandle | None = None
     if background:
-        retry = SlowRetry.perform_later({"fail_times": 1})  # its second attempt waits 3 s
+        # Its second attempt waits 60 s: still retrying however slowly the next jobs start
+        # (a 3 s wait ran out on a loaded machine); cancelled at the end.
+        retry = PatientRetry.perform_later({"fail_times": 1})
         reach(harness, retry, "retrying")
         # Every place busy: on the in-process pool, that keeps the next jobs queued.
         running = [LongAsync.perform_later({"n": i, "seconds": 30}) for i in range(CONCURRENCY)]
@@ -126,6 +128,8 @@ def test_jobs_in_every_state_are_listed_counted_and_in_the_queue_stats(harness: 
             jobs.cancel(handle)
         for job_id in mine.get("scheduled", []):
             jobs.cancel(job_id)  # the in-process pool would wait for it at shutdown
+        if retry is not None:
+            jobs.cancel(retry)  # its next attempt never runs
         if background:
             # Nothing of this test may still run in the next one (it would write its records);
             # the idle queue's jobs run only on the in-process pool.

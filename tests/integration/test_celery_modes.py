@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,6 +146,7 @@ from celery.result import AsyncResult
 app = Celery("reader", backend=sys.argv[1])
 result = AsyncResult(sys.argv[2], app=app)
 seen = []
+print("reading", flush=True)
 deadline = time.monotonic() + 20
 while time.monotonic() < deadline:
     state = result.state
@@ -164,16 +166,22 @@ def test_background_async_states_are_read_from_another_process(
     app, jobs = canvas_project.make_app("BackgroundAsync", backend=backend)
     assert jobs is not None
     try:
-        result = app.tasks["canvas.progress"].apply_async((5,), countdown=1)
-        reader = subprocess.run(
-            [str(BIN / "python"), "-c", READER, backend, result.id],
+        # The reader starts first (a Python start can outlast the countdown on a loaded machine)
+        # and reads the job's id from its argv: it says "reading" once it polls.
+        task_id = str(uuid.uuid4())
+        reader = subprocess.Popen(
+            [str(BIN / "python"), "-c", READER, backend, task_id],
             env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=60,
         )
-        assert reader.returncode == 0, reader.stderr
-        seen = json.loads(reader.stdout)
+        assert reader.stdout is not None
+        assert reader.stdout.readline().strip() == "reading", reader.stderr.read() if reader.stderr else ""
+        result = app.tasks["canvas.progress"].apply_async((5,), countdown=1, task_id=task_id)
+        out, err = reader.communicate(timeout=60)
+        assert reader.returncode == 0, err
+        seen = json.loads(out)
         # PENDING while it waits out its countdown, PROGRESS from update_state, then SUCCESS
         assert seen["states"] == ["PENDING", "PROGRESS", "SUCCESS"]
         assert seen["value"] == 5

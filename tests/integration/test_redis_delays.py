@@ -126,9 +126,12 @@ def test_a_delayed_job_survives_the_restart_of_every_worker(
     _, record, env = setup
     first = workers(env, "--concurrency", "1", *FAST)
     first.wait_for_output("ready.")
-    handle = Echo.perform_later({"n": 7}, wait=timedelta(seconds=2))
+    # 8 s: the worker's warm stop takes seconds on a loaded machine, and the job must fall due
+    # after it stopped.
+    handle = Echo.perform_later({"n": 7}, wait=timedelta(seconds=8))
     assert first.stop() == 0
-    time.sleep(2.5)  # due while no worker runs
+    assert handle.run_at is not None and time.time() < handle.run_at.timestamp(), "stopped too late"
+    time.sleep(handle.run_at.timestamp() - time.time() + 0.5)  # due while no worker runs
     assert read_records(record) == [] and delayed(client) == 1
     workers(env, "--concurrency", "1", *FAST)
     assert wait_until(lambda: len(read_records(record)) >= 1, timeout=30)

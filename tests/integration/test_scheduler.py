@@ -170,6 +170,11 @@ def test_every_tick_is_enqueued_once_by_many_schedulers_and_survives_a_kill(
             last_by = _next_winner(apps[kind].adapter.schedule_state())
             pid = int(last_by.rsplit(":", 1)[1])
             (victim,) = [p for p in fleet.processes if p.proc.pid == pid]
+            # Not within the milliseconds after its publish: a victim that is also a worker may
+            # be taking that very job, and kombu's Redis transport loses a message whose worker
+            # dies between its BRPOP and its unacked record (a gap of the transport, see
+            # docs/explanation/guarantees.md; not what this test is about).
+            time.sleep(0.3)
             victim.kill()
             fleet.killed, fleet.killed_at = victim, time.time()
         time.sleep(started + WINDOW - time.time())

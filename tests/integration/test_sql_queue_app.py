@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PG_HOST, PG_PORT, PG_URL, clear_sql_jobs, require_service, sql_prefix
-from tests.contract.contract_app import Echo, Fail, create_app
+from tests.contract.contract_app import RESULTS, Echo, Fail, Raises, Returns, create_app
 from tests.procs import WorkerProcess, read_records, unified_jobs_worker, wait_until
 from unified_jobs.adapters.sql import job_counts
 from unified_jobs.adapters.sql.engine import get_engine
@@ -44,10 +44,10 @@ def rows(uri: str) -> list[Any]:
         )
 
 
-def start(tmp_path: Path, config: dict[str, Any], record: Path) -> WorkerProcess:
+def start(tmp_path: Path, config: dict[str, Any], record: Path, *args: str) -> WorkerProcess:
     env = {"UJ_CONTRACT_CONFIG": json.dumps(config), "UJ_CONTRACT_RECORD": str(record)}
     worker = unified_jobs_worker(
-        "tests.contract.contract_app:app_from_env", env, tmp_path / "worker.log", "-c", "1", *FAST
+        "tests.contract.contract_app:app_from_env", env, tmp_path / "worker.log", "-c", "1", *args, *FAST
     )
     worker.wait_for_output("ready.")
     return worker
@@ -95,6 +95,42 @@ def test_a_message_with_invalid_args_is_failed_not_run_and_kept(
         worker.stop()
     assert [r["args"]["n"] for r in read_records(record)] == [1]
     assert sorted(r.status for r in rows(queue["uri"])) == ["completed", "failed"]
+    rejected = jobs.job(bad.id)
+    assert rejected is not None and rejected.error_class == "pydantic_core._pydantic_core.ValidationError"
+    jobs.shutdown()
+
+
+@pytest.mark.parametrize(("pool", "on_ack"), [("threads", "complete"), ("prefork", "delete")])
+def test_results_and_error_classes_on_a_pool_and_on_ack(
+    queue: dict[str, Any], tmp_path: Path, pool: str, on_ack: str
+) -> None:
+    """A threads pool's jobs run in the process that acks them (the prefork one is the contract
+    suite's); with on_ack: delete a completed job's row, and so its result, is gone."""
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": {**queue, "on_ack": on_ack}}
+    record = tmp_path / "record.jsonl"
+    jobs = create_app(config, str(record))
+    worker = start(tmp_path, config, record, "--pool", pool)
+    try:
+        returned = Returns.perform_later({"kind": "dict"})
+        nothing = Returns.perform_later({"kind": "none"})
+        failed = Raises.perform_later({"error": "declined"})
+        assert wait_until(lambda: len(read_records(record)) >= 3, timeout=30), worker.output()[-3000:]
+
+        def settled() -> bool:
+            info = jobs.job(failed)
+            done = [jobs.status(h) for h in (returned, nothing)]
+            ended = [None, None] if on_ack == "delete" else ["completed", "completed"]
+            return info is not None and info.status == "failed" and done == ended
+
+        assert wait_until(settled, timeout=15), rows(queue["uri"])
+    finally:
+        worker.stop()
+    info = jobs.job(failed)
+    assert info is not None and info.error_class == "tests.contract.contract_app.PaymentDeclined"
+    if on_ack == "complete":
+        kept, none = jobs.job(returned), jobs.job(nothing)
+        assert kept is not None and kept.result == RESULTS["dict"] and kept.error_class is None
+        assert none is not None and none.result is None
     jobs.shutdown()
 
 

@@ -189,6 +189,20 @@ def test_an_eta_job_is_not_claimed_before_it_is_due(sqlq: SqlQueue) -> None:
         m.ack()
 
 
+def test_a_due_row_whose_message_says_a_later_eta_is_delivered_due_now(sqlq: SqlQueue) -> None:
+    # A row moved to now (``jobs retry``, an import, an edit) whose message still carries its
+    # old eta (year 9999 here): a worker would hold it, leased and in a slot, until then.
+    with connect(sqlq) as conn:
+        _put(conn, "q", "far", headers={"eta": "9999-12-31T00:00:00+00:00"})
+        with sqlq.engine.begin() as db:
+            db.execute(sqlq.tables.jobs.update().values(run_at=datetime.now(timezone.utc)))
+        m = conn.SimpleQueue("q").get(timeout=3)
+        assert m.payload == "far"
+        assert m.headers.get("eta") is None, m.headers
+        m.ack()
+    assert [r.status for r in sqlq.rows()] == ["completed"]
+
+
 def test_purge_deletes_only_queued_jobs_of_that_queue(sqlq: SqlQueue) -> None:
     with connect(sqlq, batch_size=1) as conn:
         for _ in range(3):
@@ -334,3 +348,113 @@ def test_cancel_requests_reach_only_the_run_they_were_made_for(sqlq: SqlQueue) -
         later = datetime.now(timezone.utc) + timedelta(seconds=1)
         conn.execute(update(jobs).where(jobs.c.task_id == "running").values(updated_at=later))
     assert store.cancel_requested(["running"]) == set()
+
+
+def test_a_version_6_schema_gains_the_result_columns_and_keeps_its_rows(sqlq: SqlQueue) -> None:
+    from sqlalchemy import insert, inspect
+
+    from unified_jobs.adapters.sql import schema
+
+    tables, jobs = sqlq.tables, sqlq.tables.jobs
+    now = datetime.now(timezone.utc)
+    with sqlq.engine.begin() as conn:  # what unified_jobs at schema version 6 created
+        for step in range(1, 7):
+            schema._MIGRATIONS[step](conn, tables)
+            conn.execute(insert(tables.version).values(version=step, applied_at=func.now()))
+        for name in ("result_json", "error_class"):  # step 1 now makes them: as version 6 did not
+            conn.exec_driver_sql(f"ALTER TABLE {jobs.name} DROP COLUMN {name}")
+        assert "result_json" not in {c["name"] for c in inspect(conn).get_columns(jobs.name)}
+        row = {"queue": "q", "status": "failed", "run_at": now, "created_at": now, "updated_at": now}
+        conn.execute(insert(jobs).values(payload="{}", task_id="old", last_error="ValueError: x", **row))
+    assert ensure_schema(sqlq.db_uri, sqlq.prefix) == SCHEMA_VERSION == 7
+    with sqlq.engine.begin() as conn:
+        columns = {c["name"] for c in inspect(conn).get_columns(jobs.name)}
+        versions = conn.execute(select(tables.version.c.version)).scalars().all()
+    assert {"result_json", "error_class"} <= columns
+    assert sorted(versions) == list(range(1, 8))
+    (old,) = sqlq.rows()
+    assert (old.task_id, old.last_error, old.result_json, old.error_class) == (
+        "old",
+        "ValueError: x",
+        None,
+        None,
+    )
+    with connect(sqlq) as conn:  # and the queue works on it
+        _put(conn, "q", "new")
+        conn.SimpleQueue("q").get(timeout=2).ack()
+    assert [r.status for r in sqlq.rows()] == ["failed", "completed"]
+
+
+def test_a_result_is_written_by_the_ack_or_by_the_process_that_ran_the_job(sqlq: SqlQueue) -> None:
+    from unified_jobs.adapters.celery.kinds.sql import SqlJobStore
+    from unified_jobs.adapters.sql import leases
+
+    store = SqlJobStore(sqlq.db_uri, sqlq.prefix)
+    with connect(sqlq) as conn:
+        for task_id in ("here", "child"):
+            _put(conn, "q", task_id, headers={"id": task_id})
+        q = conn.SimpleQueue("q")
+        here, child = q.get(timeout=2), q.get(timeout=2)
+        assert (here.payload, child.payload) == ("here", "child")
+        # Held by this process (a threads or solo pool): noted, written by the ack.
+        store.record_result(here.delivery_tag, "here", {"n": 1})
+        assert [r.result_json for r in sqlq.rows()] == [None, None]
+        # Held by none here (a prefork pool's child, whose parent acks): written at once.
+        channel = q.channel
+        leases._here.discard(channel.leases)
+        try:
+            store.record_result(child.delivery_tag, "child", [2, "two"])
+            assert [r.result_json for r in sqlq.rows()] == [None, '[2, "two"]']
+            store.record_result("not a tag", "nobody", 3)  # nothing to write, no error
+        finally:
+            leases._here.add(channel.leases)
+        here.ack()
+        child.ack()
+    assert [(r.status, r.result_json) for r in sqlq.rows()] == [
+        ("completed", '{"n": 1}'),
+        ("completed", '[2, "two"]'),
+    ]
+    here_info, child_info = store.get("here"), store.get("child")
+    assert here_info is not None and here_info.result == {"n": 1}
+    assert child_info is not None and child_info.result == [2, "two"]
+
+
+def test_with_on_ack_delete_no_result_is_written(sqlq: SqlQueue) -> None:
+    from unified_jobs.adapters.celery.kinds.sql import SqlJobStore
+
+    store = SqlJobStore(sqlq.db_uri, sqlq.prefix, on_ack="delete")
+    with connect(sqlq, on_ack="delete") as conn:
+        _put(conn, "q", "x", headers={"id": "x"})
+        m = conn.SimpleQueue("q").get(timeout=2)
+        store.record_result(m.delivery_tag, "x", {"n": 1})
+        m.channel.note_result(m.delivery_tag, '{"n": 1}')  # the channel ignores it too
+        assert [r.result_json for r in sqlq.rows()] == [None]
+        m.ack()
+    assert sqlq.rows() == []
+
+
+def test_a_noted_failure_writes_the_error_class_and_a_lost_lease_clears_it(sqlq: SqlQueue) -> None:
+    from sqlalchemy import update
+
+    with connect(sqlq) as conn:
+        _put(conn, "q", "x")
+        m = conn.SimpleQueue("q").get(timeout=2)
+        m.channel.note_failure(m.delivery_tag, "PaymentDeclined: no", "myapp.jobs.PaymentDeclined")
+        m.ack()
+    (row,) = sqlq.rows()
+    assert (row.status, row.last_error, row.error_class) == (
+        "failed",
+        "PaymentDeclined: no",
+        "myapp.jobs.PaymentDeclined",
+    )
+    jobs = sqlq.tables.jobs
+    past = datetime.now(timezone.utc) - timedelta(seconds=5)
+    with sqlq.engine.begin() as db:  # claimed again, by an owner that died
+        db.execute(update(jobs).values(status="processing", lease_owner="dead", lease_expires_at=past))
+    # A new owner reaps from one lease after it was made (live owners renew by then).
+    with connect(sqlq, lease_sec=0.5) as conn:
+        assert conn.default_channel.leases.heartbeat() == 0
+        time.sleep(0.6)
+        assert conn.default_channel.leases.heartbeat() == 1
+    (row,) = sqlq.rows()
+    assert row.status == "queued" and row.last_error.startswith("lease expired") and row.error_class is None

@@ -158,17 +158,16 @@ def test_success_failure_and_retry_move_the_counters_and_the_histogram(
     assert (
         value(registry, "unified_jobs_job_duration_seconds_sum", "metrics.Ok", outcome="succeeded") >= 0.004
     )
-    # a 2 ms job lands in the 5 ms bucket, and in every bucket above it
-    assert (
-        value(
-            registry,
-            "unified_jobs_job_duration_seconds_bucket",
-            "metrics.Ok",
-            outcome="succeeded",
-            le="0.005",
+    # Two 2 ms jobs: their time is measured (at least the 2 ms each), and they land in a low
+    # bucket and every one above it. Not asserted: the 5 ms bucket, which a loaded machine (the
+    # suite runs in parallel) can miss.
+    total = value(registry, "unified_jobs_job_duration_seconds_sum", "metrics.Ok", outcome="succeeded")
+    assert 0.004 <= total < 0.5, total
+    for le in ("0.25", "10.0", "+Inf"):
+        bucket = value(
+            registry, "unified_jobs_job_duration_seconds_bucket", "metrics.Ok", outcome="succeeded", le=le
         )
-        == 2
-    )
+        assert bucket == 2, (le, bucket)
 
 
 def test_async_perform_batches_and_aperform_later_are_counted(

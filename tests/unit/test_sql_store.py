@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -12,7 +13,15 @@ from sqlalchemy import insert, select, text
 from unified_jobs.adapters.sql.engine import get_engine
 from unified_jobs.adapters.sql.schema import tables_for
 from unified_jobs.adapters.sql.store import PAGE_SIZE, JobStore
-from unified_jobs.adapters.sql.store_dump import DUMP_FORMAT, DumpError, dump_jobs, import_jobs, purge_jobs
+from unified_jobs.adapters.sql.store_dump import (
+    DUMP_FORMAT,
+    DumpedJob,
+    DumpError,
+    check_dump,
+    dump_jobs,
+    import_jobs,
+    purge_jobs,
+)
 
 PREFIX = "ujt_unit_store_"
 NOW = datetime.now(timezone.utc)
@@ -167,3 +176,64 @@ def test_import_checks_the_whole_file_first(store: JobStore, tmp_path: Path) -> 
     with pytest.raises(DumpError, match="line 3: format is 'loco'"):
         import_jobs(store, path)
     assert store.counts().by_queue == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        # Cut to 255 it landed in a queue no worker reads: refused, never truncated.
+        ({"queue": "q" * 300}, "queue is 300 characters long, longer than the 255 the jobs table holds"),
+        ({"queue": " "}, "queue must be a non-empty string"),
+        ({"priority": -1000}, "priority -1000 is out of range: 0 to 9"),
+        ({"priority": 10}, "priority 10 is out of range"),
+        ({"run_at": "0001-01-01T00:00:00+00:00"}, "run_at '0001-01-01T00:00:00+00:00' is out of range"),
+        ({"created_at": "9999-12-31T00:00:00"}, "created_at '9999-12-31T00:00:00' is out of range"),
+        ({"updated_at": "yesterday"}, "updated_at 'yesterday' is not an ISO 8601 time"),
+        ({"worker": "w" * 256}, "worker is 256 characters long"),
+        ({"payload": {"properties": {}, "headers": []}}, "payload headers must be an object"),
+    ],
+)
+def test_import_refuses_values_the_table_or_the_app_would_get_wrong(
+    store: JobStore, tmp_path: Path, change: dict[str, object], problem: str
+) -> None:
+    good = {"format": DUMP_FORMAT, "queue": "q", "worker": "app.W", "payload": {"properties": {}}}
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
+    with pytest.raises(DumpError, match=f"^line 2: {re.escape(problem)}"):
+        import_jobs(store, path)
+    assert store.counts().by_queue == {}
+
+
+def test_import_passes_each_job_to_the_check_first_and_a_null_priority_is_the_default(
+    store: JobStore, tmp_path: Path
+) -> None:
+    body = {
+        "body": "W1tdLCB7Im4iOiAxfSwge31d",
+        "properties": {"body_encoding": "base64"},
+    }  # [[], {"n": 1}, {}]
+    lines = [
+        {"format": DUMP_FORMAT, "queue": "q", "worker": "app.W", "priority": None, "payload": body},
+        {"format": DUMP_FORMAT, "queue": "q", "worker": "celery.cleanup", "payload": {"properties": {}}},
+    ]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    seen: list[DumpedJob] = []
+
+    def check(job: DumpedJob) -> None:
+        seen.append(job)
+        if job.worker.startswith("celery."):
+            raise ValueError(f"worker {job.worker!r} is Celery's own")
+
+    with pytest.raises(DumpError, match=r"^line 2: worker 'celery\.cleanup' is Celery's own$"):
+        import_jobs(store, path, check=check)
+    assert store.counts().by_queue == {}
+    first = seen[0]
+    assert (first.line, first.worker, first.priority) == (1, "app.W", 0)
+    assert (first.args, first.kwargs) == ([], {"n": 1})
+    assert seen[1].body_error == "the message has no body (arguments)"
+
+    path.write_text(json.dumps(lines[0]) + "\n")
+    assert check_dump(path, check) == {("app.W", "q"): 1}
+    assert store.counts().by_queue == {}  # checking imports nothing
+    assert import_jobs(store, path, check=check) == 1
+    assert store.counts().by_queue == {"q": {"queued": 1}}

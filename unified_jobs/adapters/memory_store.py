@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from unified_jobs.adapters.memory_heartbeats import MemoryHeartbeats
 from unified_jobs.core.job import Job, JobInfo, JobStatus
 from unified_jobs.core.monitor import SEARCH_LIMIT, JobPage, JobQuery, QueueStats, ThroughputBucket
-from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.outcome import Outcome, result_json
 from unified_jobs.core.store import JobStore, StartCheck
 
 __all__ = ["MemoryJobStore"]
@@ -55,9 +55,11 @@ class _Record:
     __slots__ = (
         "attempts",
         "changed",
+        "error_class",
         "finished",
         "job",
         "last_error",
+        "result",
         "run_at",
         "source",
         "started",
@@ -72,6 +74,9 @@ class _Record:
         self.attempts = 0
         self.last_error: str | None = None
         self.traceback: str | None = None
+        self.error_class: str | None = None
+        #: The result's JSON text (``result_json``), parsed anew by every read.
+        self.result: str | None = None
         self.run_at = job.run_at
         self.started: float | None = None  # time.time()
         self.finished: float | None = None
@@ -101,6 +106,8 @@ class _Record:
             started_at=_aware(self.started),
             finished_at=_aware(self.finished),
             priority=job.priority,
+            result=json.loads(self.result) if self.result is not None else None,
+            error_class=self.error_class,
         )
 
 
@@ -288,6 +295,8 @@ class MemoryJobStore(MemoryHeartbeats, JobStore):
         record = self._jobs.get(job_id)
         if record is None:
             return
+        # Serialized here, once, outside the lock: a job that returned None costs one test.
+        result = result_json(outcome.value, job_id) if outcome.value is not None and outcome.ok else None
         stripe = hash(job_id) & _STRIPE_MASK
         with self._stripes[stripe]:
             status = record.status = _SETTLED[outcome.kind]
@@ -296,6 +305,9 @@ class MemoryJobStore(MemoryHeartbeats, JobStore):
                 record.attempts = outcome.attempt
             if outcome.error_text is not None:
                 record.last_error, record.traceback = outcome.error_text, outcome.traceback
+                record.error_class = outcome.error_class
+            if result is not None:
+                record.result = result
             if status == "retrying":
                 record.run_at = outcome.retry_at
                 return

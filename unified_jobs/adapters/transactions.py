@@ -13,6 +13,11 @@ database commits; there the handler commits the database transaction itself firs
 (SQLAlchemy's own commit that follows then has nothing left to do), so the jobs are enqueued
 only once the data is committed, and a commit that fails enqueues nothing. Jobs enqueued in a
 savepoint (``begin_nested()``) that is rolled back are dropped with it, on both.
+
+A ``ForeignTransaction`` is a transaction another library runs (Django's ``atomic()`` blocks,
+``unified_jobs.django``): it says whether one is open, runs a callback after its commit (never
+after a rollback), and may lend a SQLAlchemy Connection inside it, which the SQL kinds write
+through when it reaches the queue's database.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from unified_jobs.errors import EnqueueError, InvalidOptionError
 
-__all__ = ["after_commit", "connection_of"]
+__all__ = ["ForeignTransaction", "after_commit", "borrowed_connection", "connection_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +45,65 @@ _ASYNC_HINT = (
 )
 
 
-def _check(transaction: Any) -> Session | Connection:
+class ForeignTransaction(ABC):
+    """A transaction that another library manages (Django's ``transaction.atomic()``), given as
+    ``perform_later(transaction=...)``."""
+
+    @abstractmethod
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open now."""
+
+    @abstractmethod
+    def on_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the transaction commits; never if it (or the savepoint open
+        now) rolls back."""
+
+    def connection(self) -> Connection | None:
+        """A SQLAlchemy Connection whose statements run in this very transaction (its URL names
+        the database), or None. It must never commit or roll back by itself."""
+        return None
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+def borrowed_connection(dbapi_connection: Any, url: str, holder: Any) -> Connection:
+    """A SQLAlchemy Connection over ``dbapi_connection``, a DB-API connection that another
+    library owns and runs a transaction on (``url`` names its database, for the same-database
+    check): statements run in that transaction, and SQLAlchemy's commits and rollbacks (closing
+    the Connection rolls back) never reach it. Close the Connection when done. The engine is
+    kept on ``holder`` (an object that lives as long as the connection; a new one is made when
+    ``holder`` has another connection since)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    held = getattr(holder, _BORROWED, None)
+    if held is None or held[0] is not dbapi_connection:
+        engine = create_engine(
+            url, creator=lambda: dbapi_connection, poolclass=StaticPool, pool_reset_on_return=None
+        )
+        dialect: Any = engine.dialect
+        dialect.do_commit = dialect.do_rollback = lambda dbapi_connection: None
+        held = (dbapi_connection, engine)
+        setattr(holder, _BORROWED, held)
+    conn = held[1].connect()
+    conn.begin()  # SQLAlchemy's bookkeeping only: nothing reaches the database
+    return conn
+
+
+_BORROWED = "_unified_jobs_borrowed_engine"
+
+
+def _check(transaction: Any) -> Session | Connection | ForeignTransaction:
     """``transaction`` as a sync Session or Connection in a transaction, or a clear error."""
     kind = type(transaction).__name__
+    if isinstance(transaction, ForeignTransaction):
+        if not transaction.in_transaction():
+            raise InvalidOptionError(
+                f"transaction= got {transaction.describe()}, which is not in a transaction, so there is "
+                "no commit to wait for; enqueue inside the transaction or without transaction="
+            )
+        return transaction
     if kind in ("AsyncSession", "AsyncConnection"):
         raise InvalidOptionError(
             f"transaction= takes a sync SQLAlchemy Session or Connection, not an {kind}; " + _ASYNC_HINT
@@ -59,9 +121,12 @@ def _check(transaction: Any) -> Session | Connection:
     return transaction
 
 
-def connection_of(transaction: Any) -> Connection:
-    """The Connection whose transaction ``transaction`` is (a Session's, for its default bind)."""
+def connection_of(transaction: Any) -> Connection | None:
+    """The Connection whose transaction ``transaction`` is (a Session's, for its default bind;
+    a ``ForeignTransaction``'s, if it lends one)."""
     checked = _check(transaction)
+    if isinstance(checked, ForeignTransaction):
+        return checked.connection()
     return checked.connection() if isinstance(checked, Session) else checked
 
 
@@ -80,6 +145,11 @@ def after_commit(transaction: Any, callback: Callable[[], None], *, what: str) -
     raises ``EnqueueError`` from the commit (the data is committed by then; the message says
     so)."""
     target = _check(transaction)
+    if isinstance(target, ForeignTransaction):
+        # The other library keeps the callbacks with their (sub)transaction, and drops them on
+        # a rollback; a failing one raises from its commit, as here.
+        target.on_commit(lambda: _run([(callback, what, None)]))
+        return
     scope = _scope(target)
     with _lock:
         if target not in _listened:

@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from unified_jobs import __version__
+from unified_jobs._uri import mask_text
 from unified_jobs.cli._app import find_app_spec, load_app
 from unified_jobs.errors import UnifiedJobsError
 from unified_jobs.jobs import Jobs
@@ -29,8 +30,18 @@ class Context:
         self._jobs: Jobs | None = None
 
     def jobs(self) -> Jobs:
+        """The app; an app module that fails to import (other than ``ImportError``) is one
+        line, its queue's passwords masked (``--debug`` shows the traceback)."""
         if self._jobs is None:
-            self._jobs = load_app(find_app_spec(self.app_spec))
+            spec = find_app_spec(self.app_spec)
+            try:
+                self._jobs = load_app(spec)
+            except (UnifiedJobsError, ImportError):
+                raise
+            except Exception as exc:
+                from unified_jobs.cli._faults import app_load_error
+
+                raise app_load_error(spec, exc) from exc
         return self._jobs
 
 
@@ -125,7 +136,7 @@ def main(argv: list[str] | None = None) -> Any:
     except (UnifiedJobsError, ImportError, OSError) as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {mask_text(str(exc))}", err=True)  # a URI in any library's message
         sys.exit(1)
 
 

@@ -6,25 +6,23 @@ when any failed. A queue URI's password is masked in every line printed.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
-from unified_jobs._uri import mask_uri
+from unified_jobs._uri import mask_text, mask_uri, password_pieces, uri_secrets
 from unified_jobs.cli import Context, cli
 from unified_jobs.cli._app import AppNotFoundError, find_app_spec, load_app
+from unified_jobs.cli._faults import encoding_hint, server_fault
 from unified_jobs.config import DEFAULT_ENV, ENV_VAR, Config, config_dir_default, load_config
 from unified_jobs.errors import ConfigError, UnifiedJobsError
 from unified_jobs.jobs import Jobs
 
 __all__ = ["DoctorReport", "doctor"]
-
-# "scheme://user:password@" anywhere in a line: masked even in messages of other libraries.
-_USERINFO_ANYWHERE = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:@/\s]*):(?P<pw>[^@/\s]+)@")
 
 
 @dataclass
@@ -33,21 +31,27 @@ class DoctorReport:
 
     #: Passwords to mask wherever they appear (taken from the queue URI).
     secrets: list[str] = field(default_factory=list)
+    #: Pieces of a password written with a bare ``@`` or ``/``, masked where they stand alone
+    #: (a driver may print one as the host it could not find).
+    words: list[str] = field(default_factory=list)
     #: ``(topic, message)`` of every failed check.
     problems: list[tuple[str, str]] = field(default_factory=list)
 
     def add_secret_from(self, uri: str) -> None:
-        """Mask the password of ``uri`` from now on."""
-        match = _USERINFO_ANYWHERE.search(uri)
-        if match and match.group("pw") not in ("", "***"):
-            self.secrets.append(match.group("pw"))
+        """Mask the password of ``uri`` (and its ``password=`` query values) from now on."""
+        self.secrets += uri_secrets(uri)
+        self.words += password_pieces(uri)
+
+    def add_secrets_of(self, config: Config) -> None:
+        """Mask the passwords of the queue's URIs (``uri``, ``store_uri``) from now on."""
+        if config.queue is not None:
+            for uri in (config.queue.uri, config.queue.store_uri):
+                if uri:
+                    self.add_secret_from(uri)
 
     def mask(self, text: str) -> str:
         """``text`` with every URI password, and every known secret, replaced by ``***``."""
-        text = _USERINFO_ANYWHERE.sub(r"\g<head>:***@", text)
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
-        return text
+        return mask_text(text, self.secrets, self.words)
 
     def ok(self, topic: str, message: str) -> None:
         """A check that passed."""
@@ -207,7 +211,8 @@ def doctor(
         )
     if config is not None:
         _describe(report, config, jobs)
-        if config.workers.mode == "BackgroundQueue" and config.queue is not None:
+        queued = config.workers.mode == "BackgroundQueue" and config.queue is not None
+        if queued and not _bare_password(report, config):
             _check_queue(report, config, fix=fix, timeout=timeout)
         if jobs is not None:
             _list_workers(report, jobs)
@@ -238,11 +243,17 @@ def _load(
             if obj.debug:
                 traceback.print_exc()
             detail = str(exc) if isinstance(exc, UnifiedJobsError) else f"{type(exc).__name__}: {exc}"
-            report.fail("app", f"cannot load {spec}: {detail}")
+            hints = ""
+            with contextlib.suppress(Exception):  # the config's own errors are reported below
+                alone = load_config(env, config_dir)
+                report.add_secrets_of(alone)  # the error may show a piece of a password
+                if alone.queue is not None:
+                    hints = encoding_hint(alone.queue.uri, "queue.uri")
+                    hints += encoding_hint(alone.queue.store_uri or "", "queue.store_uri")
+            report.fail("app", f"cannot load {spec}: {detail}{hints}")
         else:
             report.ok("app", f"{spec} loaded ({jobs!r})")
-            if jobs.config.queue is not None:
-                report.add_secret_from(jobs.config.queue.uri)
+            report.add_secrets_of(jobs.config)
             report.ok("config", "valid (loaded by the app)")
             return jobs, jobs.config
     path = config_dir / f"{env}.yaml"
@@ -251,8 +262,7 @@ def _load(
     except ConfigError as exc:
         report.fail("config", str(exc))
         return None, None
-    if config.queue is not None:
-        report.add_secret_from(config.queue.uri)
+    report.add_secrets_of(config)
     report.ok("config", f"{path} is valid")
     return None, config
 
@@ -271,12 +281,31 @@ def _describe(report: DoctorReport, config: Config, jobs: Jobs | None) -> None:
         report.warn("queue", "dangerously_flush is on: each worker start deletes every queued job")
 
 
+def _bare_password(report: DoctorReport, config: Config) -> bool:
+    """A FAIL line, and True, when a queue URI's password has a bare ``@`` or ``/``: drivers
+    would read part of it as the host (and print it), so doctor does not connect."""
+    assert config.queue is not None
+    failed = False
+    for key, uri in (("queue.uri", config.queue.uri), ("queue.store_uri", config.queue.store_uri)):
+        hint = encoding_hint(uri or "", key)
+        if hint:
+            report.fail("queue", f"not connecting to {mask_uri(uri or '')}{hint}")
+            failed = True
+    return failed
+
+
 def _check_queue(report: DoctorReport, config: Config, *, fix: bool, timeout: float) -> None:
     """The queue kind's own health checks (does the broker answer; are the SQL tables there)."""
     from unified_jobs.adapters.celery.kinds import kind_for
 
     assert config.queue is not None
-    for level, topic, message in kind_for(config.queue, config.workers).health(fix=fix, timeout=timeout):
+    try:
+        checks = kind_for(config.queue, config.workers).health(fix=fix, timeout=timeout)
+    except Exception as exc:  # a check that did not catch its driver's error
+        fault = server_fault(exc, config.queue)
+        report.fail("queue", str(fault) if fault is not None else f"{type(exc).__name__}: {exc}")
+        return
+    for level, topic, message in checks:
         getattr(report, level)(topic, message)
 
 

@@ -111,6 +111,8 @@ def worker(name: str, workers_dir: str, tests_dir: str, force: bool) -> None:
     names = worker_names(name)
     root = Path.cwd()
     module = _module_path(workers_dir)
+    workers_dir = str(_inside_project(root, workers_dir, "--workers-dir"))
+    tests_dir = str(_inside_project(root, tests_dir, "--tests-dir"))
     worker_file = Path(workers_dir) / f"{names.snake}.py"
     test_file = Path(tests_dir) / f"test_{names.snake}.py"
     existing = [str(p) for p in (worker_file, test_file) if (root / p).exists()]
@@ -140,6 +142,25 @@ def worker(name: str, workers_dir: str, tests_dir: str, force: bool) -> None:
         f"    jobs.register({names.class_name})\n\n"
         f"Then run its test from the project root: python -m pytest {test_file}"
     )
+
+
+def _inside_project(root: Path, folder: str, option: str) -> Path:
+    """``folder`` relative to the project root ``root``; an error if it is (or leads, through
+    ``..`` or a symlink) outside it, so that nothing is written elsewhere."""
+    path = Path(folder)
+    target = (root / path).resolve()
+    try:
+        relative = target.relative_to(root.resolve())
+    except ValueError:
+        where = "an absolute path" if path.is_absolute() else "a path"
+        raise UnifiedJobsError(
+            f"{option} {folder} is {where} outside the project folder ({root}), where generate "
+            f"writes nothing; give a folder inside it, relative to it (e.g. {option} "
+            f"{'tests/workers' if option == '--tests-dir' else 'workers'}); nothing was written"
+        ) from None
+    if path.is_absolute() or ".." in path.parts:
+        return relative
+    return path
 
 
 def _module_path(workers_dir: str) -> str:

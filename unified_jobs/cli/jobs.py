@@ -138,7 +138,31 @@ def _plural(n: int, what: str = "job") -> str:
     return f"{n} {what}{'' if n == 1 else 's'}"
 
 
-@cli.group("jobs")
+class _JobsGroup(click.Group):
+    """The ``jobs`` commands: a queue server that is down, does not answer or refuses the login
+    is one line naming it (see ``cli/_faults.py``), not the driver's traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            fault = _fault_of_server(ctx, exc)
+            if fault is None:
+                raise
+            raise fault from exc
+
+
+def _fault_of_server(ctx: click.Context, exc: Exception) -> UnifiedJobsError | None:
+    from unified_jobs.cli._faults import server_fault
+
+    obj = ctx.find_object(Context)
+    jobs = obj._jobs if obj is not None else None
+    if jobs is None or jobs.config.queue is None or isinstance(exc, UnifiedJobsError):
+        return None
+    return server_fault(exc, jobs.config.queue)
+
+
+@cli.group("jobs", cls=_JobsGroup)
 def jobs_group() -> None:
     """Look at and manage the queue's jobs.
 

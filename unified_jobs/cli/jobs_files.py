@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
@@ -24,7 +25,9 @@ from unified_jobs.errors import UnifiedJobsError
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.sql.store import Progress
+    from unified_jobs.adapters.sql.store_dump import DumpedJob, JobCheck
     from unified_jobs.config import QueueConfig
+    from unified_jobs.jobs import Jobs
 
 __all__ = ["dump", "import_", "purge"]
 
@@ -130,17 +133,38 @@ def dump(obj: Context, status: list[str], worker: str | None, folder: Path) -> N
     metavar="PATH",
     help="A dump file written by `jobs dump` or `jobs purge --dump`.",
 )
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    show_envvar=True,
+    help="Check the whole file and say what would be imported (jobs per worker and queue); import nothing.",
+)
 @click.pass_obj
-def import_(obj: Context, file: Path) -> None:
+def import_(obj: Context, file: Path, dry_run: bool) -> None:
     """Enqueue every job of a dump file again, as `queued`.
 
     Each job keeps its worker, queue, priority, tags, payload (arguments) and Celery task
     id, and gets a new row: attempts 0, no last error, run_at kept if still ahead, else
-    now. The whole file is checked before anything is enqueued.
+    now. The whole file is checked before anything is enqueued: each job's worker must be
+    registered with the app (or be a task of its adopted Celery app; Celery's own celery.*
+    tasks are refused), its arguments must validate, its queue fit the jobs table, its
+    priority be 0-9 and its times be real dates. A bad line is an error naming it, and
+    nothing is imported.
     """
-    from unified_jobs.adapters.sql.store_dump import DumpError, import_jobs
+    from unified_jobs.adapters.sql.store_dump import DumpError, check_dump, import_jobs
 
     store = _store(obj, "import")
+    check = _import_check(obj.jobs())
+    if dry_run:
+        try:
+            found = check_dump(file, check)
+        except DumpError as exc:
+            raise UnifiedJobsError(f"cannot import {file}: {exc}; nothing would be imported") from None
+        click.echo(f"{file} is fine: {_plural(sum(found.values()))} would be imported as queued")
+        for (worker, queue), n in sorted(found.items()):
+            click.echo(f"  {n:>7}  {worker}  (queue {queue})")
+        click.echo("dry run: nothing was imported")
+        return
     with ExitStack() as stack:
         advance: list[Progress] = [lambda _n: None]
 
@@ -148,7 +172,48 @@ def import_(obj: Context, file: Path) -> None:
             advance[0] = stack.enter_context(_progress("importing", total))
 
         try:
-            n = import_jobs(store, file, lambda k: advance[0](k), checked)
+            n = import_jobs(store, file, lambda k: advance[0](k), checked, check)
         except DumpError as exc:
             raise UnifiedJobsError(f"cannot import {file}: {exc}; nothing was imported") from None
     click.echo(f"imported {_plural(n)} from {file} as queued")
+
+
+def _import_check(jobs: Jobs) -> JobCheck:
+    """What the app can run: a registered Worker with arguments that validate (keyword
+    arguments only), or a task of the Celery app it adopted, not one of Celery's own."""
+    from pydantic import ValidationError
+
+    from unified_jobs.core.job import load_args
+
+    bridge = jobs.celery_bridge()
+    tasks = bridge.app.tasks if bridge.adopted else {}
+    workers = jobs.workers
+
+    def check(job: DumpedJob) -> None:
+        worker = workers.get(job.worker)
+        if worker is None:
+            if job.worker.startswith("celery."):
+                raise ValueError(
+                    f"worker {job.worker!r} is one of Celery's own tasks, which are never imported"
+                )
+            if job.worker in tasks:
+                return
+            known = ", ".join(sorted(workers)) or "none"
+            adopted = " or a task of its Celery app" if bridge.adopted else ""
+            raise ValueError(
+                f"worker {job.worker!r} is not a worker registered with this app{adopted} "
+                f"(registered: {known})"
+            )
+        if job.body_error is not None:
+            raise ValueError(f"{job.worker}: {job.body_error}")
+        if job.args:
+            raise ValueError(f"{job.worker} takes keyword arguments only, not the positional {job.args!r}")
+        try:
+            load_args(worker.args_model, json.dumps(job.kwargs))
+        except ValidationError as exc:
+            errors = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ValueError(f"the arguments of {job.worker} do not validate: {errors}") from None
+
+    return check

@@ -125,7 +125,10 @@ def start(
     """Start a worker (-w), or the web server with the workers in the same process (-s).
 
     -w is a Celery worker for the app's Celery app: SIGTERM (or Ctrl-C) is a warm shutdown:
-    jobs in progress finish, and jobs it had reserved go back to the queue. Options after
+    jobs in progress finish, and jobs it had reserved go back to the queue at once, not run.
+    On Linux a SIGTERM to its whole process group is a warm shutdown too. With
+    workers.stop_grace, running jobs get that many seconds; then it stops cold and they go
+    back to the queue (as after a second Ctrl-C or SIGQUIT). Options after
     `--` go to `celery worker` as they are (e.g. `-- --prefetch-multiplier 1`).
 
     -s serves the ASGI app under uvicorn; jobs run in the in-process pool (BackgroundAsync) or
@@ -270,6 +273,10 @@ def run_worker(
         with_worker(jobs.celery, thread.start, thread.stop)
     if metrics_port is not None:
         _serve_worker_metrics(jobs, metrics_port, metrics_binding)
+    from unified_jobs.adapters.celery import draining
+
+    draining.isolate_pool_processes()  # a SIGTERM to the process group is a warm stop too
+    draining.stop_grace = jobs.config.workers.stop_grace
     jobs.celery.worker_main(argv=argv)
     sys.exit(0)
 

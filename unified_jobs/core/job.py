@@ -297,3 +297,12 @@ class JobInfo:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     priority: int | None = None
+    #: What ``perform`` returned, as JSON-compatible data (``json.loads(json.dumps(value))``),
+    #: once the job completed; ``None`` if it returned ``None``, a value that is not
+    #: JSON-serializable or whose JSON is over ``core.outcome.RESULT_LIMIT`` (1 MiB), or where
+    #: the store keeps none (the SQL kinds with ``on_ack: delete``; plain Celery tasks on a queue).
+    result: Any = None
+    #: The dotted path of the last failed attempt's exception class (``builtins.ValueError``,
+    #: ``myapp.jobs.PaymentDeclined``), or ``None`` if no attempt failed or the exception is
+    #: unknown (a worker process that died, a lease that expired).
+    error_class: str | None = None

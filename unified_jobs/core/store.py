@@ -1,4 +1,4 @@
-"""The job store port: where a job's status, attempts and last error are kept.
+"""The job store port: where a job's status, attempts, last error and result are kept.
 
 Each adapter has one: in memory for the in-process modes, a small Redis store beside the Redis
 queue, and the jobs table itself on the SQL kinds (whose transport writes the lifecycle, so its
@@ -128,7 +128,14 @@ class JobStore(ABC):
         return StartCheck()
 
     def record_outcome(self, job: Job, outcome: Outcome) -> None:  # noqa: B027 - optional hook
-        """The attempt ended so."""
+        """The attempt ended so. A store keeps ``outcome.error_text``, ``traceback`` and
+        ``error_class`` of a failed attempt, and ``core.outcome.result_json`` of a succeeded
+        one's ``value`` (``JobInfo.result``)."""
+
+    def record_unrunnable(self, job: Job, body: str, outcome: Outcome) -> None:
+        """A message no worker can run (unknown task, not a task, a body that does not decode)
+        is a failed job: ``body`` (its raw text) stands for its arguments."""
+        self.record_outcome(job, outcome)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

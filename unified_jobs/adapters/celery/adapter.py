@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from kombu.exceptions import BatchPublishError, OperationalError
 
-from unified_jobs._uri import mask_uri
+from unified_jobs._uri import mask_text, mask_uri, password_pieces, uri_secrets
 from unified_jobs.adapters.base import Adapter, Capabilities, describe
-from unified_jobs.adapters.sql.publishing import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, publishing
+from unified_jobs.adapters.celery.publish_retry import bounded, timeout_in
+from unified_jobs.adapters.sql.engine import libpq_connect_timeout
+from unified_jobs.adapters.sql.publishing import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, current, publishing
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import TAGS_HEADER, Job
 from unified_jobs.errors import EnqueueError
@@ -43,27 +45,40 @@ class CeleryQueueAdapter(Adapter):
     def _record(self, jobs: list[Job], what: str) -> None:
         try:
             self.store.record_enqueued(jobs)
-        except Exception as exc:  # the store shares the broker's server: it is down too
-            raise self._error(what, exc) from None
+        except Exception as exc:  # the store's server (the broker's, or queue.store_uri) is down
+            self._forget(jobs, exc)  # the records written before it failed (out of memory)
+            raise self._error(what, exc, store=True) from None
 
     def enqueue(self, job: Job) -> None:
         self._record([job], f"job {job.id} ({job.name})")
         try:
             self._publish(job)
         except (OperationalError, OSError) as exc:
-            self._forget([job])
+            self._forget([job], exc)
             raise self._error(f"job {job.id} ({job.name})", exc) from None
 
     def enqueue_many(self, jobs: list[Job]) -> None:
         app = self._bridge.app
         self._record(jobs, f"{len(jobs)} jobs")
         try:
-            # One flush for the whole batch: on Redis a MULTI/EXEC pipeline, all or nothing.
-            with app.producer_or_acquire() as producer, producer.batch(max_size=2 * len(jobs) + 1):
-                for job in jobs:
-                    self._publish(job, producer)
+            # bounded(): a hung server ends the batch at its first timeout, here too (where
+            # the producer's channel connects, before any publish).
+            with (
+                bounded(),
+                app.producer_or_acquire() as producer,
+                self._kind.batch_transaction(producer) as connection,
+            ):
+                if connection is not None:  # SQL: every row in one transaction
+                    with publishing(connection):
+                        for job in jobs:
+                            self._publish(job, producer)
+                    return
+                # One flush for the whole batch: on Redis a MULTI/EXEC pipeline, all or nothing.
+                with producer.batch(max_size=2 * len(jobs) + 1):
+                    for job in jobs:
+                        self._publish(job, producer)
         except (OperationalError, OSError, BatchPublishError) as exc:
-            self._forget(jobs)
+            self._forget(jobs, exc)
             raise self._error(f"{len(jobs)} jobs", exc) from None
 
     def enqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
@@ -92,8 +107,13 @@ class CeleryQueueAdapter(Adapter):
                 ) from None
         return state.refused
 
-    def _forget(self, jobs: list[Job]) -> None:
-        with contextlib.suppress(Exception):  # the store may be down too: its records expire
+    def _forget(self, jobs: list[Job], exc: BaseException) -> None:
+        """Delete the store's records of jobs whose enqueue failed with ``exc``; not after a
+        timeout (the store's server is the one that hangs, and the bound is one timeout): those
+        records, like those of a store that is down, expire."""
+        if timeout_in(exc) is not None:
+            return
+        with contextlib.suppress(Exception):
             self.store.forget_enqueued(jobs)
 
     def _publish(self, job: Job, producer: Any = None) -> None:
@@ -114,6 +134,11 @@ class CeleryQueueAdapter(Adapter):
             self.executor.inject(headers)
         if headers:
             options["headers"] = headers
+        state = current()
+        if state is not None and state.connection is not None:
+            # Written in a transaction (a batch's, the caller's): a failed write has aborted
+            # it, so trying again in it cannot succeed; the error is the first one.
+            options["retry"] = False
         self._bridge.app.send_task(
             job.name,
             args=json.loads(job.args_json),
@@ -125,11 +150,41 @@ class CeleryQueueAdapter(Adapter):
             **options,
         )
 
-    def _error(self, what: str, exc: BaseException) -> EnqueueError:
-        return EnqueueError(
-            f"could not enqueue {what} on {self._queue.kind} at {mask_uri(self._queue.uri)}: {exc}; "
-            "is it running and reachable? Nothing was enqueued."
-        )
+    def _error(self, what: str, exc: BaseException, *, store: bool = False) -> EnqueueError:
+        """``EnqueueError`` naming the server that failed (the job store's, when it is not the
+        broker's), password masked, and what to check."""
+        queue = self._queue
+        if store and queue.store_uri is not None:
+            where = (
+                f"the job store (queue.store_uri) of the {queue.kind} queue at {mask_uri(queue.store_uri)}"
+            )
+        else:
+            where = f"{queue.kind} at {mask_uri(queue.uri)}"
+        tail = "Nothing was enqueued."
+        timeout = timeout_in(exc)
+        if timeout is None:
+            hint = "is it running and reachable?"
+        elif queue.kind == "Sqlite":
+            hint = (
+                "another connection held the database's write lock past the busy timeout: check for "
+                "a long transaction on it, or a file on a network share"
+            )
+        else:
+            connect = f"{queue.connect_timeout} ms"
+            if queue.kind == "Postgres":  # libpq's connect_timeout: whole seconds, at least 2
+                connect += f", {libpq_connect_timeout(queue.connect_timeout_sec)} s for libpq"
+            hint = (
+                f"it did not answer within queue.connect_timeout ({connect}) or "
+                f"queue.read_timeout ({queue.read_timeout} ms): check that it is running, not stuck "
+                "or overloaded, and reachable from here (host, port, firewall)"
+            )
+            if not store:  # the job may have been sent, and the answer was what was late
+                tail = "Nothing was enqueued, unless the server took the job and only its answer was late."
+        uris = [queue.uri, *([queue.store_uri] if queue.store_uri else [])]
+        secrets = [secret for uri in uris for secret in uri_secrets(uri)]
+        pieces = [piece for uri in uris for piece in password_pieces(uri)]
+        detail = mask_text(_first_line(exc if timeout is None else timeout), secrets, pieces)
+        return EnqueueError(f"could not enqueue {what} on {where}: {detail}; {hint}. {tail}")
 
     def close(self, wait: bool = True, timeout: float | None = None) -> None:
         # Nothing to drain: jobs are in the broker. kombu's producer pools are process-wide
@@ -143,3 +198,10 @@ class CeleryQueueAdapter(Adapter):
         of the queue."""
         state: ScheduleState = self._kind.make_schedule_state()
         return state
+
+
+def _first_line(exc: BaseException) -> str:
+    """What ``exc`` says, on one line: a SQLAlchemy error's driver error, without the hints
+    and links the drivers add on further lines."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0].strip().rstrip(".") if text else type(exc).__name__

@@ -25,6 +25,7 @@ from celery.signals import beat_init
 from celery.utils.nodenames import gethostname
 from kombu.exceptions import EncodeError
 
+from unified_jobs.adapters.celery import publish_retry
 from unified_jobs.core.job import Job, new_job_id, utcnow
 from unified_jobs.core.retry import RetryRequested
 from unified_jobs.errors import EnqueueError
@@ -52,7 +53,8 @@ def route_through_mode(bridge: CeleryBridge) -> None:
     def send_task(name: str, args: Any = None, kwargs: Any = None, *rest: Any, **options: Any) -> Any:
         adapter = bridge.current_adapter()
         if getattr(adapter, "publishes_to_celery", False):
-            return original(name, args, kwargs, *rest, **options)
+            with publish_retry.bounded():  # a broker that hangs: one timeout, not one per retry
+                return original(name, args, kwargs, *rest, **options)
         task = options.get("task_type") or app._tasks.get(name)
         if task is None:
             raise EnqueueError(

@@ -33,10 +33,17 @@ from celery.exceptions import Reject
 from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
-from unified_jobs.adapters.celery import adoption, heartbeat
+from unified_jobs._faults import fault_in
+from unified_jobs.adapters.celery import adoption, draining, heartbeat, publish_retry, unrunnable
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
-from unified_jobs.adapters.celery.kinds.sql import ERROR_HEADER
-from unified_jobs.adapters.celery.request import BRIDGE_ATTRIBUTE, JobCancelled, JobRequest, cancel_watch
+from unified_jobs.adapters.celery.kinds.sql import ERROR_CLASS_HEADER, ERROR_HEADER, SqlJobStore
+from unified_jobs.adapters.celery.request import (
+    BRIDGE_ATTRIBUTE,
+    ERROR_CLASS_ATTRIBUTE,
+    JobCancelled,
+    JobRequest,
+    cancel_watch,
+)
 from unified_jobs.config import Config
 from unified_jobs.core.executor import Executor
 from unified_jobs.core.job import Job, new_job_id
@@ -52,13 +59,22 @@ __all__ = ["CeleryBridge"]
 
 logger = logging.getLogger(__name__)
 
-#: Publishing retries at most this long in all before ``EnqueueError`` (seconds, roughly).
-PUBLISH_RETRY_POLICY = {"max_retries": 3, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+#: Publishing retries 3 times (0.6 s of pauses) before ``EnqueueError``, and gives up at its first
+#: timeout (see ``publish_retry``).
+PUBLISH_RETRY_POLICY = publish_retry.PUBLISH_RETRY_POLICY
 
 
 #: Seconds past a Worker's ``time_limit`` after which Celery's prefork pool kills the process
 #: (the executor's own limit should have stopped the attempt before).
 HARD_LIMIT_GRACE = 5.0
+
+
+def _pool_process_ending() -> bool:
+    """Whether billiard's termination handler ran in this (pool) process: a SIGTERM from the
+    pool ending it, which it turns into a ``SystemExit`` where the job is."""
+    from billiard import common
+
+    return bool(common._should_have_exited[0])
 
 
 class CeleryBridge:
@@ -91,6 +107,9 @@ class CeleryBridge:
         )
         setattr(self.app, BRIDGE_ATTRIBUTE, self)
         heartbeat.install(self.app)  # its workers write heartbeats (doctor --workers)
+        draining.install(self.app)  # a warm stop hands back the jobs not started
+        if self.kind is not None and self.kind.records_unrunnable:
+            unrunnable.install(self.app)  # what its workers cannot run becomes a failed job
         adoption.route_through_mode(self)
         if self.app.Task.Request == Task.Request:  # keep an adopted app's own request class
             self.app.Task.Request = JobRequest
@@ -110,7 +129,7 @@ class CeleryBridge:
             # the SQL queue marks its row failed from the failure JobRequest notes first.
             "task_acks_on_failure_or_timeout": True,
             "task_publish_retry": True,
-            "task_publish_retry_policy": PUBLISH_RETRY_POLICY,
+            "task_publish_retry_policy": dict(PUBLISH_RETRY_POLICY),
             "broker_connection_retry_on_startup": True,
             "broker_connection_max_retries": None,  # a worker waits for the broker forever, logging
             "task_routes": (self._route, *_as_tuple(conf.task_routes)),
@@ -202,7 +221,15 @@ class CeleryBridge:
         """Run one attempt in a worker and settle its outcome the Celery way."""
         store = self.kind.store if self.kind is not None else None
         if store is not None:
-            check = store.record_started(job)
+            try:
+                check = store.record_started(job)
+            except Exception as exc:
+                if fault_in(exc) not in ("down", "timeout"):
+                    raise
+                # Run it only once its start is recorded (which counts its deliveries): the job
+                # goes back to its queue, where the next delivery tries again. Failing it would
+                # ack it with no failed record written: lost.
+                raise draining.HandedBack(f"its job store did not answer: {exc}") from exc
             if check.cancelled:
                 logger.info("job %s (%s) was cancelled before it started; not run", job.id, job.name)
                 raise JobCancelled()
@@ -214,26 +241,37 @@ class CeleryBridge:
                         f"delivered {check.deliveries - 1} times without finishing (max_deliveries {limit})"
                     ),
                     job.attempt,
+                    error_class=None,  # what the attempts died of is unknown
                 )
                 store.record_outcome(job, outcome)
                 self.executor.settled_elsewhere(job, outcome)
-                raise outcome.error  # type: ignore[misc]
+                assert outcome.error is not None
+                raise _marked(outcome.error, None)
         cancel_watch.ensure(self)
         executor = self.executor
         # The message's custom headers hold the trace context of the enqueue (observers only).
         parent = task.request.headers if executor.observers else None
         outcome = executor.run(job, run_coroutine=run_on_thread_loop, parent=parent)
+        if isinstance(outcome.error, SystemExit) and _pool_process_ending():
+            # Not the job's: a cold stop ends this pool process (billiard's signal handler
+            # raises SystemExit in it). The job is not failed: it goes back to its queue, to
+            # run again. Handed back as a result, not by letting the SystemExit end the process,
+            # whose exit the threaded pool's cleanup can then wait on for good.
+            raise draining.HandedBack("the worker is stopping: ended by a cold stop") from outcome.error
         if store is not None:
             store.record_outcome(job, outcome)
         if outcome.kind == "succeeded":
-            return outcome.value
+            value = outcome.value
+            if value is not None and isinstance(store, SqlJobStore):  # its record_outcome keeps none
+                store.record_result((task.request.properties or {}).get("delivery_tag"), job.id, value)
+            return value
         if outcome.kind == "cancelled":
             raise JobCancelled()
         if outcome.kind == "rejected":
             invalid = isinstance(outcome.error, ValidationError)
             why = "its arguments do not validate" if invalid else "cannot run"
             logger.error("job %s (%s) rejected, %s: %s", job.id, job.name, why, outcome.error_text)
-            raise Reject(f"{job.name}: {outcome.error_text}", requeue=False)
+            raise _marked(Reject(f"{job.name}: {outcome.error_text}", requeue=False), outcome.error_class)
         error = outcome.error
         assert error is not None
         if outcome.kind == "retry":
@@ -250,10 +288,14 @@ class CeleryBridge:
                 eta=outcome.retry_at,
                 max_retries=None,
                 # Celery would replace the request's own custom headers (tags, unique key).
-                headers={**(task.request.headers or {}), ERROR_HEADER: outcome.error_text},
+                headers={
+                    **(task.request.headers or {}),
+                    ERROR_HEADER: outcome.error_text,
+                    ERROR_CLASS_HEADER: outcome.error_class,
+                },
             )
         if not isinstance(error, Exception):  # a job's SystemExit must not end the pool process
-            raise JobError(outcome.error_text) from error
+            raise _marked(JobError(outcome.error_text), outcome.error_class) from error
         raise error
 
     def record_failure(
@@ -271,6 +313,15 @@ class CeleryBridge:
             self.kind.store.record_outcome(Job(id=job_id, name=name, queue="", kwargs_json="{}"), outcome)
         except Exception:
             logger.exception("could not record the failure of job %s in the job store", job_id)
+
+    def record_unrunnable(self, job_id: str, name: str, queue: str, body: str, error: BaseException) -> None:
+        """Put a message the worker cannot run (``unrunnable``) in the store as a failed job,
+        its raw body as its arguments."""
+        assert self.kind is not None
+        outcome = Outcome("failed", error=error, error_text=f"{type(error).__name__}: {error}")
+        job = Job(id=job_id, name=name, queue=queue, kwargs_json="{}")
+        self.executor.settled_elsewhere(job, outcome)
+        self.kind.store.record_unrunnable(job, body, outcome)
 
     def on_pool_process_exit(self, callback: Callable[[int], None]) -> None:
         """Call ``callback(pid)`` in each pool process of a worker of this app as it exits
@@ -304,6 +355,7 @@ class CeleryBridge:
         """Give the app back: its tasks publish as plain Celery does again."""
         adoption.release(self)
         heartbeat.uninstall(self.app)
+        draining.uninstall(self.app)
 
     def worker_queues(self) -> list[str]:
         """Every queue this app's workers and tasks use, default queue first."""
@@ -317,6 +369,13 @@ class CeleryBridge:
             *_queues_in_routes(self.app.conf.task_routes),
         ]
         return list(dict.fromkeys(names))
+
+
+def _marked(error: BaseException, error_class: str | None) -> BaseException:
+    """``error`` (one of ours, raised in place of the job's own) noted with the job's error
+    class, which ``JobRequest.on_failure`` reads (it travels with the exception's pickle)."""
+    setattr(error, ERROR_CLASS_ATTRIBUTE, error_class)
+    return error
 
 
 def _queues_in_routes(routes: Any) -> list[str]:

@@ -12,19 +12,46 @@ from typing import TYPE_CHECKING, Any
 from billiard.einfo import ExceptionInfo, ExceptionWithTraceback
 from celery import Celery
 from celery.exceptions import Ignore, Retry, WorkerLostError
+from celery.utils.serialization import UnpickleableExceptionWrapper
 from celery.worker.request import Request
 
+from unified_jobs.adapters.celery import draining
+from unified_jobs.core.outcome import error_path
 from unified_jobs.errors import JobError, WorkerLost
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.celery.app import CeleryBridge
 
-__all__ = ["BRIDGE_ATTRIBUTE", "JobCancelled", "JobRequest", "bridge_of", "cancel_watch"]
+__all__ = [
+    "BRIDGE_ATTRIBUTE",
+    "ERROR_CLASS_ATTRIBUTE",
+    "JobCancelled",
+    "JobRequest",
+    "bridge_of",
+    "cancel_watch",
+    "error_class_of",
+]
 
 logger = logging.getLogger(__name__)
 
 #: The attribute of a Celery app that holds its ``CeleryBridge``.
 BRIDGE_ATTRIBUTE = "unified_jobs_bridge"
+#: The attribute of an exception raised in place of a job's own (a ``Reject``, a ``JobError``
+#: around a ``SystemExit``) that holds the job's error class path (or None: unknown).
+ERROR_CLASS_ATTRIBUTE = "unified_jobs_error_class"
+_UNMARKED = object()
+
+
+def error_class_of(exception: BaseException) -> str | None:
+    """The dotted class path of the exception a job failed with, as the worker's main process
+    received it (pickled from a pool process): the one noted by the pool process, else its
+    own class' (an exception that did not pickle: the class Celery names)."""
+    marked = getattr(exception, ERROR_CLASS_ATTRIBUTE, _UNMARKED)
+    if marked is not _UNMARKED:
+        return marked if isinstance(marked, str) else None
+    if isinstance(exception, UnpickleableExceptionWrapper):
+        return f"{exception.exc_module}.{exception.exc_cls_name}"
+    return error_path(exception)
 
 
 def bridge_of(app: Celery) -> CeleryBridge | None:
@@ -42,7 +69,8 @@ class JobRequest(Request):  # type: ignore[misc]
     """Celery's worker-side request (it runs in the worker's main process, which owns the
     broker channel), taught three things:
 
-    - why a job failed reaches the SQL queue's row (``last_error``, with the traceback);
+    - why a job failed reaches the SQL queue's row (``last_error``, with the traceback, and
+      ``error_class``);
     - a job whose pool process died is requeued only until ``workers.max_deliveries``
       deliveries have ended so, then failed with ``WorkerLost`` (plain Celery, with
       ``task_reject_on_worker_lost``, requeues it for ever);
@@ -57,10 +85,10 @@ class JobRequest(Request):  # type: ignore[misc]
         """The queue the job was delivered from (for the metrics' ``queue`` label)."""
         return str((self.delivery_info or {}).get("routing_key") or "")
 
-    def _note(self, error: str) -> None:
+    def _note(self, error: str, error_class: str | None = None) -> None:
         note = getattr(getattr(self._message, "channel", None), "note_failure", None)
         if note is not None:
-            note(self._message.delivery_tag, error)
+            note(self._message.delivery_tag, error, error_class)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
         exception = getattr(exc_info, "exception", None)
@@ -72,6 +100,8 @@ class JobRequest(Request):  # type: ignore[misc]
                 cancelled(self._message.delivery_tag)
         bridge = self._bridge()
         lost = isinstance(exception, (WorkerLostError, SystemExit, KeyboardInterrupt))
+        # What the attempt died of is unknown when its process did.
+        error_class = None if lost or exception is None else error_class_of(exception)
         if lost and bridge is not None and bridge.kind is not None and self.task.reject_on_worker_lost:
             deliveries = bridge.kind.lost_deliveries(self.id, self._message.delivery_tag)
             limit = bridge.config.workers.max_deliveries
@@ -83,13 +113,16 @@ class JobRequest(Request):  # type: ignore[misc]
                     f"(workers.max_deliveries is {limit}): {exception!r}"
                 )
             except WorkerLost as final:
-                exc_info, exception = ExceptionInfo(), final
+                exc_info, exception, error_class = ExceptionInfo(), final, None
             bridge.record_failure(
                 self.id, self.task.name, exception, str(exc_info.traceback), queue=self._queue()
             )
+        if isinstance(exception, draining.HandedBack):
+            logger.warning("job %s (%s) %s", self.id, self.task.name, exception)
+            return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
         if exception is not None and not isinstance(exception, (Retry, Ignore)):
             trace = getattr(exc_info, "traceback", "") or ""
-            self._note(f"{type(exception).__name__}: {exception}\n\n{trace}".rstrip())
+            self._note(f"{type(exception).__name__}: {exception}\n\n{trace}".rstrip(), error_class)
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def on_retry(self, exc_info: Any) -> Any:

@@ -13,6 +13,9 @@ __all__ = ["AckWriter", "Heartbeat"]
 
 logger = logging.getLogger(__name__)
 
+#: Seconds between heartbeats while the database does not answer.
+RETRY_SEC = 1.0
+
 
 class Heartbeat(threading.Thread):
     def __init__(self, channel: Channel) -> None:
@@ -25,12 +28,21 @@ class Heartbeat(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
+        failed = False
         while True:
             try:
                 self._channel.heartbeat()
-            except Exception:
-                logger.warning("SQL queue heartbeat failed; retrying", exc_info=True)
-            if self._stop_event.wait(self._interval):
+            except Exception as exc:
+                # Once per outage with its traceback; then every second until it answers, so
+                # that the leases are renewed soon after it does (reapers wait one lease).
+                if not failed:
+                    logger.warning("SQL queue heartbeat failed; retrying every %g s", RETRY_SEC, exc_info=exc)
+                else:
+                    logger.debug("SQL queue heartbeat failed again: %s", exc)
+                failed = True
+            else:
+                failed = False
+            if self._stop_event.wait(min(self._interval, RETRY_SEC) if failed else self._interval):
                 return
 
 

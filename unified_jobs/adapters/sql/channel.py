@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from queue import Empty
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
@@ -56,6 +56,25 @@ def _run_at(eta: Any, now: datetime) -> datetime:
         return now
     # Celery sends UTC; a naive eta is read as UTC. A past eta is stored as now (FIFO order).
     return max(aware(when).astimezone(now.tzinfo), now)
+
+
+def _due_as_its_row(payload: dict[str, Any], row: Row[Any]) -> None:
+    """The row decides when a job is due: a claimed row (due now) whose message carries a later
+    ``eta`` (a row moved to now by ``jobs retry``, an import or an edit) is delivered without
+    it, so no worker holds it, leased and in a slot, until that time (year 9999 for good)."""
+    headers = payload.get("headers")
+    if not isinstance(headers, dict) or not headers.get("eta"):
+        return
+    now = utcnow()
+    eta = _run_at(headers["eta"], now)
+    if eta > max(now, aware(row.run_at)) + timedelta(seconds=1):
+        logger.warning(
+            "job %s: its message's eta %s is later than its row's run_at %s; it runs now, as its row says",
+            headers.get("id"),
+            headers["eta"],
+            row.run_at,
+        )
+        headers["eta"] = None
 
 
 def _priority(value: Any) -> int:
@@ -278,6 +297,7 @@ class Channel(ControlChannel):
         except _BAD_PAYLOAD_ERRORS as exc:
             self.leases.fail_unreadable(row, f"undecodable payload: {type(exc).__name__}: {exc}")
             return None
+        _due_as_its_row(payload, row)
         props["delivery_tag"] = self.leases.hold(row)
         info = props.get("delivery_info")
         if isinstance(info, dict):
@@ -301,9 +321,15 @@ class Channel(ControlChannel):
             return
         self.leases.settle(delivery_tag, action)
 
-    def note_failure(self, delivery_tag: str, error: str) -> None:
-        """Why a delivered job failed (``JobRequest`` calls this before the job is acked)."""
-        self.leases.note_failure(delivery_tag, error)
+    def note_failure(self, delivery_tag: str, error: str, error_class: str | None = None) -> None:
+        """Why a delivered job failed, and the dotted path of its exception's class if known
+        (``JobRequest`` calls this before the job is acked)."""
+        self.leases.note_failure(delivery_tag, error, error_class)
+
+    def note_result(self, delivery_tag: str, result: str) -> None:
+        """What a delivered job returned, as JSON text: its ack writes it with the row's
+        completion."""
+        self.leases.note_result(delivery_tag, result)
 
     def note_superseded(self, delivery_tag: str) -> None:
         """The delivered job was republished for a retry: its ack deletes this row."""

@@ -10,6 +10,7 @@ touches its parent's connections.
 from __future__ import annotations
 
 import json
+import math
 import os
 import threading
 from typing import Any
@@ -20,9 +21,62 @@ from sqlalchemy.pool import ConnectionPoolEntry
 
 from unified_jobs._uri import mask_uri
 
-__all__ = ["dialect_of", "get_engine", "normalize_db_url"]
+__all__ = ["dialect_of", "get_engine", "normalize_db_url", "with_timeouts"]
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+#: Seconds: the defaults of ``queue.connect_timeout`` and ``queue.read_timeout``, for a
+#: Postgres URL that comes with neither (``get_engine`` of a URL not from the config).
+DEFAULT_CONNECT_TIMEOUT = 0.5
+DEFAULT_READ_TIMEOUT = 5.0
+#: libpq's ``connect_timeout`` is whole seconds, and at least 2 (it takes less as 2).
+_LIBPQ_MIN_CONNECT_TIMEOUT = 2
+#: ``tcp_user_timeout`` came with libpq 12.
+_LIBPQ_TCP_USER_TIMEOUT = 120000
+
+
+def libpq_connect_timeout(seconds: float) -> int:
+    """libpq's ``connect_timeout`` for a wait of ``seconds``: whole seconds, at least 2."""
+    return max(_LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(seconds))
+
+
+def _libpq_version() -> int:
+    try:
+        import psycopg
+    except ImportError:
+        return 0
+    try:
+        return int(psycopg.pq.version())
+    except Exception:  # no libpq loadable: the connection will say so itself
+        return 0
+
+
+def with_timeouts(
+    uri: str, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT, read_timeout: float = DEFAULT_READ_TIMEOUT
+) -> str:
+    """``uri`` with libpq's timeouts when it is a Postgres URL that has none of its own
+    (its own win): ``connect_timeout`` (the whole connection set-up, login included; whole
+    seconds, at least 2) and ``tcp_user_timeout`` (milliseconds that data sent may stay
+    unacknowledged before the connection is closed: a server whose host or network went away
+    in the middle of a statement). A server that is up and stops answering on a connection
+    already set up is not bounded: libpq has no timeout for a statement's answer. Other URLs
+    (SQLite) are returned as they are."""
+    try:
+        url = make_url(normalize_db_url(uri))
+    except Exception:  # not a URL: dialect_of and the transport say so
+        return uri
+    if url.get_backend_name() != "postgresql":
+        return uri
+    params: list[str] = []
+    if "connect_timeout" not in url.query:
+        params.append(f"connect_timeout={libpq_connect_timeout(connect_timeout)}")
+    if "tcp_user_timeout" not in url.query and _libpq_version() >= _LIBPQ_TCP_USER_TIMEOUT:
+        params.append(f"tcp_user_timeout={max(1, round(read_timeout * 1000))}")
+    if not params:
+        return uri
+    head, sep, query = uri.partition("?")
+    # Appended as text: the user's URI stays as written (its password's encoding included).
+    return f"{head}?{query}{'&' if query else ''}{'&'.join(params)}" if sep else f"{uri}?{'&'.join(params)}"
 
 
 def normalize_db_url(uri: str) -> str:
@@ -84,6 +138,8 @@ def _options_key(options: dict[str, Any] | None) -> str:
 
 def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[str, Any]) -> Engine:
     if url.get_backend_name() == "postgresql":
+        # A server that does not answer fails the connect, not hangs it (libpq waits forever).
+        url = make_url(with_timeouts(url.render_as_string(hide_password=False)))
         options.setdefault("pool_pre_ping", True)
         options.setdefault("pool_size", 5)
         options.setdefault("max_overflow", 10)

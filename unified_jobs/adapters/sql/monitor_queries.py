@@ -27,6 +27,7 @@ from sqlalchemy import (
     Subquery,
     bindparam,
     case,
+    exists,
     func,
     select,
     union_all,
@@ -80,6 +81,13 @@ def _in_status(t: Tables, status: str) -> list[ColumnElement[bool]]:
         return [c.status == QUEUED, c.run_at > bindparam("now"), ~_retrying(t)]
     if status == "retrying":
         return [c.status == QUEUED, _retrying(t)]
+    if status == PROCESSING:
+        # A retried job's old row stays processing until its worker's ack (held for the next
+        # batch) supersedes it; by then the newest row of its task id, the one ``get()`` reads,
+        # already says retrying: list the job under that status only.
+        newer = t.jobs.alias("newer")
+        superseded = exists().where(newer.c.task_id == c.task_id, newer.c.id > c.id)
+        return [c.status == PROCESSING, ~superseded]
     return [c.status == status]
 
 

@@ -40,8 +40,10 @@ def current() -> Publishing | None:
 
 @contextmanager
 def publishing(connection: Any = None) -> Iterator[Publishing]:
-    """Publishes in this block insert through ``connection`` (if given) and report refusals."""
-    state = Publishing(connection)
+    """Publishes in this block insert through ``connection`` (if given) and report refusals,
+    to the enclosing block's too (a batch's transaction inside ``enqueue_unique``)."""
+    outer = _current.get()
+    state = Publishing(connection, outer.refused if outer is not None else {})
     token = _current.set(state)
     try:
         yield state

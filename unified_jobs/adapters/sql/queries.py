@@ -16,6 +16,7 @@ from sqlalchemy import (
     Delete,
     Select,
     String,
+    Text,
     TextClause,
     Update,
     bindparam,
@@ -73,11 +74,15 @@ class Queries:
     claim: Update
     # queues (list) -> earliest run_at of a queued job, or NULL
     next_due: Select[Any]
-    # executemany of {job_id, claim_attempts, owner, now}
+    # executemany of {job_id, claim_attempts, owner, now, result}: result (JSON text, or NULL
+    # to keep the row's, which a worker's pool process may have written: ``keep_result``)
     complete: Update
+    # job_id, claim_attempts, result -> rowcount: a claimed row's result, written by the pool
+    # process that ran the job (its ack is written by the main process, which never sees it)
+    keep_result: Update
     # executemany of {job_id, claim_attempts, owner}
     delete_claimed: Delete
-    # executemany of {job_id, claim_attempts, owner, now, error}
+    # executemany of {job_id, claim_attempts, owner, now, error, error_class}
     fail: Update
     # executemany of {job_id, claim_attempts, owner, now}
     requeue: Update
@@ -163,11 +168,31 @@ def queries_for(t: Tables, dialect: str) -> Queries:
         .values(unique_key=None, unique_until=None),
         claim=claim,
         next_due=select(func.min(c.run_at)).where(queued_in),
-        complete=update(j).where(mine).values(status=COMPLETED, updated_at=now, **cleared),
+        complete=update(j)
+        .where(mine)
+        .values(
+            status=COMPLETED,
+            updated_at=now,
+            result_json=func.coalesce(bindparam("result", type_=Text()), c.result_json),
+            **cleared,
+        ),
+        keep_result=update(j)
+        .where(
+            c.id == bindparam("job_id"),
+            c.attempts == bindparam("claim_attempts"),
+            c.status == PROCESSING,
+        )
+        .values(result_json=bindparam("result")),
         delete_claimed=delete(j).where(mine),
         fail=update(j)
         .where(mine)
-        .values(status=FAILED, updated_at=now, last_error=bindparam("error"), **cleared),
+        .values(
+            status=FAILED,
+            updated_at=now,
+            last_error=bindparam("error"),
+            error_class=bindparam("error_class", type_=Text()),
+            **cleared,
+        ),
         requeue=update(j).where(mine).values(status=QUEUED, updated_at=now, **cleared),
         cancel_claimed=update(j).where(mine).values(status=CANCELLED, updated_at=now, **cleared),
         heartbeat=update(j)
@@ -180,6 +205,7 @@ def queries_for(t: Tables, dialect: str) -> Queries:
             updated_at=now,
             last_error=literal("lease expired after the last allowed attempt; owner was ")
             + func.coalesce(c.lease_owner, ""),
+            error_class=None,
             **cleared,
         ),
         reap=update(j)
@@ -189,6 +215,7 @@ def queries_for(t: Tables, dialect: str) -> Queries:
             updated_at=now,
             last_error=literal("lease expired (worker died or stalled); owner was ")
             + func.coalesce(c.lease_owner, ""),
+            error_class=None,
             **cleared,
         ),
         purge=delete(j).where(c.queue == bindparam("queue"), c.status == QUEUED),
@@ -263,6 +290,7 @@ def admin_queries_for(t: Tables) -> AdminQueries:
             lease_owner=None,
             lease_expires_at=None,
             last_error=bindparam("error") + func.coalesce(c.lease_owner, "nobody"),
+            error_class=None,
         ),
         delete_statuses=delete(j).where(c.status.in_(bindparam("statuses", expanding=True))),
         insert_imported=_insert_queued(t, created_at=bindparam("created_at")),

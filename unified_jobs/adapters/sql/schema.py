@@ -53,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DEFAULT_TABLE_PREFIX = "unified_jobs_"
 
 QUEUED = "queued"
@@ -136,6 +136,10 @@ def tables_for(prefix: str = DEFAULT_TABLE_PREFIX) -> Tables:
         # it (the partial unique index below); past ``unique_until`` an enqueue may take it over.
         Column("unique_key", String(255), nullable=True),
         Column("unique_until", DateTime(timezone=True), nullable=True),
+        # Schema step 7: what a completed job's perform returned, as JSON text (NULL: None, or
+        # not kept), and the dotted path of the last failed attempt's exception class.
+        Column("result_json", Text, nullable=True),
+        Column("error_class", Text, nullable=True),
         CheckConstraint(f"status IN ({statuses})", name=f"{prefix}jobs_status_check"),
     )
     queued = jobs.c.status == QUEUED
@@ -329,12 +333,7 @@ def _v2(conn: Connection, t: Tables) -> None:
 def _v3(conn: Connection, t: Tables) -> None:
     """Unique jobs (a key column, its expiry, a partial unique index) and recurring jobs'
     schedules."""
-    have = {column["name"] for column in inspect(conn).get_columns(t.jobs.name)}
-    for name in ("unique_key", "unique_until"):
-        if name not in have:  # a table made by step 1 of this version has them already
-            column = t.jobs.c[name]
-            kind = column.type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE {t.jobs.name} ADD COLUMN {name} {kind}")
+    _add_columns(conn, t, ("unique_key", "unique_until"))
     for index in t.jobs.indexes:
         if index.name == f"{t.prefix}jobs_unique_idx":
             index.create(conn, checkfirst=True)
@@ -361,6 +360,21 @@ def _v6(conn: Connection, t: Tables) -> None:
             index.create(conn, checkfirst=True)
 
 
+def _v7(conn: Connection, t: Tables) -> None:
+    """A job's result and its error's class (``JobInfo.result``, ``JobInfo.error_class``)."""
+    _add_columns(conn, t, ("result_json", "error_class"))
+
+
+def _add_columns(conn: Connection, t: Tables, names: tuple[str, ...]) -> None:
+    """Add these columns of the jobs table where missing (a table made by step 1 of a later
+    version has them already). Nullable, without a default: no row is rewritten."""
+    have = {column["name"] for column in inspect(conn).get_columns(t.jobs.name)}
+    for name in names:
+        if name not in have:
+            kind = t.jobs.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {t.jobs.name} ADD COLUMN {name} {kind}")
+
+
 _MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {
     1: _v1,
     2: _v2,
@@ -368,6 +382,7 @@ _MIGRATIONS: dict[int, Callable[[Connection, Tables], None]] = {
     4: _v4,
     5: _v5,
     6: _v6,
+    7: _v7,
 }
 
 _done: set[tuple[str, str]] = set()

@@ -49,6 +49,9 @@ CONTROL_POLL_SQLITE_SEC = 0.1
 #: Postgres: a NOTIFY wakes control consumers (and a reconnect polls), so this fallback poll
 #: should never matter; it is rare because each poll is a write transaction.
 CONTROL_POLL_PG_SEC = 5.0
+#: While the database does not answer: seconds between polls, and between reminders in the log.
+DOWN_RETRY_SEC = 0.5
+DOWN_REMIND_SEC = 30.0
 
 
 #: The transports with a consumer in this process (``stop_waiting``).
@@ -124,6 +127,10 @@ class Transport(virtual.Transport):
         #: Set by ``stop_waiting``: an idle ``drain_events`` returns instead of waiting out its
         #: timeout (Celery's loop waits 2 s at a time), so a warm shutdown starts at once.
         self.stopping = False
+        #: Since when (monotonic) the database has not answered a poll, and when that was last
+        #: logged; None while it answers.
+        self._down_since: float | None = None
+        self._down_said = 0.0
 
     def driver_version(self) -> str:
         return str(sqlalchemy.__version__)
@@ -184,9 +191,17 @@ class Transport(virtual.Transport):
             self.wakeup.clear()
             try:
                 self.cycle.get(self._deliver, timeout=timeout)  # type: ignore[union-attr]
+                self._answered()
                 return
             except Empty:
-                pass
+                self._answered()
+            except self.connection_errors as exc:
+                # The database is down (or restarting): wait and poll again, rather than let
+                # Celery tear the consumer down, which hands the running jobs back to the
+                # queue and loses the acks still to be written (leases.py keeps them).
+                self._down(exc)
+                self.wakeup.wait(self._retry_wait(timeout, start))
+                raise TimeoutError() from exc
             now = monotonic()
             if self.jobs_due:  # they were just polled
                 jobs_at = now + self._idle_wait()
@@ -204,6 +219,32 @@ class Transport(virtual.Transport):
             if self.stopping:
                 raise TimeoutError()  # the worker is shutting down: back to its loop at once
             self.jobs_due = woken or not for_control
+
+    def _down(self, exc: BaseException) -> None:
+        now = monotonic()
+        if self._down_since is None:
+            self._down_since = self._down_said = now
+            logger.warning(
+                "the jobs database does not answer (%s: %s); polling it again every %g s, the "
+                "jobs held here stay leased",
+                type(exc).__name__,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else "",
+                DOWN_RETRY_SEC,
+            )
+        elif now - self._down_said >= DOWN_REMIND_SEC:
+            self._down_said = now
+            logger.warning("the jobs database still does not answer after %.0f s", now - self._down_since)
+
+    def _answered(self) -> None:
+        if self._down_since is not None:
+            logger.warning("the jobs database answers again, after %.1f s", monotonic() - self._down_since)
+            self._down_since = None
+
+    def _retry_wait(self, timeout: float | None, start: float) -> float:
+        wait = DOWN_RETRY_SEC
+        if timeout is not None:
+            wait = min(wait, max(timeout - (monotonic() - start), 0.0))
+        return wait
 
     def _idle_wait(self) -> float:
         """Until the next poll for jobs."""

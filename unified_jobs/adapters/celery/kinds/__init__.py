@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from unified_jobs._faults import fault_in
 
 if TYPE_CHECKING:
     from unified_jobs.config import QueueConfig, WorkersConfig
     from unified_jobs.core.store import JobStore
     from unified_jobs.scheduler.state import ScheduleState
 
-__all__ = ["KINDS", "Check", "QueueKind", "kind_for"]
+__all__ = ["KINDS", "Check", "QueueKind", "kind_for", "not_answering", "short_connection"]
 
 #: One line of ``doctor``: ("ok" | "warn" | "fail", topic, message).
 Check = tuple[Literal["ok", "warn", "fail"], str, str]
@@ -35,6 +39,10 @@ class QueueKind(ABC):
     #: Whether the queue itself keeps unique keys (a unique index over its job rows), so a
     #: unique job's key travels in its message; else the job store takes the keys first.
     unique_in_transport: ClassVar[bool] = False
+    #: Whether a message its workers cannot run (unknown task, not a task, undecodable) is
+    #: written to the job store as a failed job (``unrunnable``): where nothing else keeps it
+    #: (the SQL kinds keep the message's row, failed).
+    records_unrunnable: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, workers: WorkersConfig) -> None:
         self.queue = queue
@@ -79,6 +87,14 @@ class QueueKind(ABC):
         is that very database), else None: they are enqueued after it commits."""
         return None
 
+    @contextmanager
+    def batch_transaction(self, producer: Any) -> Iterator[Any]:
+        """A SQLAlchemy connection in a transaction of its own that a batch of ``producer``'s
+        publishes is written in, committed at the end of the block and rolled back if it
+        raises; None (the default) where the kind's batches are the transport's own (a
+        MULTI/EXEC on Redis, an AMQP transaction on RabbitMQ)."""
+        yield None
+
     def job_table(self) -> Any:
         """The table of every job that the bulk ``jobs`` commands (list by status, requeue,
         tidy, purge, dump, import, cancel by name) work on, or None if the kind keeps none."""
@@ -91,7 +107,7 @@ class QueueKind(ABC):
     def purge_queues(self, app: Any, names: list[str]) -> dict[str, int]:
         """Delete the jobs waiting in these queues (``dangerously_flush``; ``jobs purge`` on a
         kind without a job table); how many per queue."""
-        with app.connection_for_write() as conn:
+        with short_connection(app, write=True) as conn:
             channel = conn.default_channel
             return {name: int(channel.queue_purge(name) or 0) for name in names}
 
@@ -104,6 +120,46 @@ class QueueKind(ABC):
             f"queue kind {self.queue.kind} keeps no schedule state, so recurring jobs cannot run on "
             f"it; implement {type(self).__name__}.make_schedule_state()"
         )
+
+
+#: A command's read of the broker (``jobs list``, ``jobs purge``, the dashboard's purge) retries a
+#: connection that is refused this many times, right away: a server that is down is said so in
+#: well under a second, not after kombu's default of retrying with 2 s sleeps for
+#: ``broker_connection_timeout``. A try that times out (after the queue's ``connect_timeout``
+#: or ``read_timeout``) is not retried.
+SHORT_RETRIES = 1
+
+
+def _give_up_on_timeout(exc: BaseException, interval: float) -> None:
+    from unified_jobs.adapters.celery.publish_retry import timed_out
+
+    if timed_out(exc):
+        raise exc
+
+
+@contextmanager
+def short_connection(app: Any, *, write: bool = False) -> Iterator[Any]:
+    """A connection of ``app`` to the broker, connected with at most ``SHORT_RETRIES`` quick
+    retries and none after a timeout (the broker's errors are raised, as kombu's
+    ``OperationalError``)."""
+    with app.connection_for_write() if write else app.connection_for_read() as conn:
+        conn.ensure_connection(
+            _give_up_on_timeout,
+            max_retries=SHORT_RETRIES,
+            interval_start=0,
+            interval_step=0.2,
+            interval_max=0.2,
+        )
+        yield conn
+
+
+def not_answering(where: str, exc: BaseException) -> str:
+    """``doctor``'s line for a server that failed its check: a refused login is said so (it is
+    up, and the credentials are wrong), anything else as a server that did not answer."""
+    why = str(exc).rstrip(".") or type(exc).__name__
+    if fault_in(exc) == "auth":
+        return f"{where} refused the login: {why}; check the user name and password in its URI"
+    return f"{where} did not answer: {why}; is it running and reachable?"
 
 
 def kind_for(queue: QueueConfig, workers: WorkersConfig) -> QueueKind:

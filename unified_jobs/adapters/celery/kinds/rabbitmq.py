@@ -41,7 +41,7 @@ from typing import Any, cast
 from kombu.transport import pyamqp
 
 from unified_jobs._uri import mask_uri
-from unified_jobs.adapters.celery.kinds import Check, QueueKind
+from unified_jobs.adapters.celery.kinds import Check, QueueKind, not_answering, short_connection
 from unified_jobs.adapters.celery.kinds.redis import RedisJobStore
 from unified_jobs.adapters.liveness import note_poll
 from unified_jobs.core.store import JobStore
@@ -239,25 +239,47 @@ class SSLTransport(_WatchesConsumer, pyamqp.SSLTransport):
 
 class RabbitMQKind(QueueKind):
     cancel_running = True
+    records_unrunnable = True
 
     @property
     def _transport(self) -> str:
         ssl = self.queue.uri.strip().lower().startswith("amqps:")
         return f"{__name__}:{'SSLTransport' if ssl else 'Transport'}"
 
+    @property
+    def amqp_connect_timeout(self) -> float:
+        """py-amqp's ``connect_timeout`` (seconds): one timeout for the TCP connect and for each
+        wait of the TLS and AMQP handshakes (the broker's answers, its login check included),
+        so the longer of ``queue.connect_timeout`` and ``queue.read_timeout``."""
+        return max(self.queue.connect_timeout_sec, self.queue.read_timeout_sec)
+
     def broker_settings(self) -> dict[str, Any]:
+        read = self.queue.read_timeout_sec
         return {
             "broker_url": self.queue.uri,
             "broker_transport": self._transport,
-            # A publish returns once RabbitMQ has the message (or raises): "Nothing was
-            # enqueued" is then true when enqueueing fails.
-            "broker_transport_options": {"confirm_publish": self.queue.confirm_publish},
+            "broker_transport_options": {
+                # A publish returns once RabbitMQ has the message (or raises): "Nothing was
+                # enqueued" is then true when enqueueing fails.
+                "confirm_publish": self.queue.confirm_publish,
+                # Passed to amqp.Connection: a broker that does not answer (the handshake, a
+                # publish's confirm, a batch's commit) or takes nothing more (a write blocked
+                # by a memory alarm) fails the call after these, instead of hanging.
+                "connect_timeout": self.amqp_connect_timeout,
+                "read_timeout": read,
+                "write_timeout": read,
+            },
             "task_queue_max_priority": MAX_PRIORITY,
         }
 
     def make_store(self) -> JobStore:
         assert self.queue.store_uri is not None  # the config requires it
-        return RedisJobStore(self.queue.store_uri, self.workers.keep_completed)
+        return RedisJobStore(
+            self.queue.store_uri,
+            self.workers.keep_completed,
+            connect_timeout=self.queue.connect_timeout_sec,
+            read_timeout=self.queue.read_timeout_sec,
+        )
 
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         store = self.store
@@ -287,8 +309,7 @@ class RabbitMQKind(QueueKind):
             ]
             checks.append(self._check_delay_queues(conn, fix))
         except Exception as exc:
-            why = str(exc).rstrip(".") or type(exc).__name__
-            return [("fail", "queue", f"{where} did not answer: {why}; is it running and reachable?")]
+            return [("fail", "queue", not_answering(where, exc))]
         finally:
             conn.release()
         return [*checks, self._check_store(timeout)]
@@ -324,20 +345,21 @@ class RabbitMQKind(QueueKind):
             finally:
                 client.close()
         except Exception as exc:
-            return ("fail", "store", f"{where} did not answer: {exc}; is Redis running and reachable?")
+            return ("fail", "store", not_answering(where, exc))
         return ("ok", "store", f"{where} answered PING")
 
     def queue_lengths(self, app: Any, names: list[str]) -> tuple[dict[str, int], dict[str, int]]:
-        with ThreadPoolExecutor(max_workers=1) as pool:
+        # Connected first: a broker that is down is said so at once, not after the workers'
+        # inspection (on a connection of its own) has tried and waited too.
+        with short_connection(app) as conn, ThreadPoolExecutor(max_workers=1) as pool:
             reserved = pool.submit(_reserved_by_workers, app, set(names))
-            with app.connection_for_read() as conn:
-                queued = {name: _ready(conn, name) for name in names}
-                queued[DELAYED_ROW] = sum(_ready(conn, level_name(level)) for level in range(LEVELS))
+            queued = {name: _ready(conn, name) for name in names}
+            queued[DELAYED_ROW] = sum(_ready(conn, level_name(level)) for level in range(LEVELS))
             return queued, reserved.result()
 
     def purge_queues(self, app: Any, names: list[str]) -> dict[str, int]:
         purged: dict[str, int] = {}
-        with app.connection_for_write() as conn:
+        with short_connection(app, write=True) as conn:
             for name in names:
                 channel = conn.channel()
                 try:
@@ -353,7 +375,11 @@ class RabbitMQKind(QueueKind):
         from unified_jobs.adapters.celery.kinds.redis_schedules import RedisScheduleState
 
         assert self.queue.store_uri is not None  # the config requires it
-        return RedisScheduleState(self.queue.store_uri)
+        return RedisScheduleState(
+            self.queue.store_uri,
+            connect_timeout=self.queue.connect_timeout_sec,
+            read_timeout=self.queue.read_timeout_sec,
+        )
 
 
 def _ready(conn: Any, name: str) -> int:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -33,11 +34,16 @@ from typing import Any, cast
 import redis
 
 from unified_jobs._uri import mask_uri
-from unified_jobs.adapters.celery.kinds import Check, QueueKind
+from unified_jobs.adapters.celery.kinds import Check, QueueKind, not_answering, short_connection
+from unified_jobs.adapters.celery.kinds.redis_client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    bounded_client,
+)
 from unified_jobs.adapters.celery.kinds.redis_heartbeats import RedisHeartbeats
 from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.monitor import JobPage, JobQuery, QueueStats, ThroughputBucket
-from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.outcome import Outcome, result_json
 from unified_jobs.core.store import JobStore, StartCheck
 
 __all__ = ["RedisJobStore", "RedisKind"]
@@ -60,6 +66,13 @@ ENDED_TTL = 65 * 60
 DISCARDED = "discarded"
 #: A waiting job's record lives this long past its due time (a safety net for purged queues).
 WAITING_TTL = 30 * 86_400
+#: TCP keepalives of the transport's connections: the first probe after 30 s idle, then every
+#: 5 s, dead after 3 unanswered (redis-py's own defaults), where the platform has them.
+KEEPALIVE_OPTIONS: dict[int, int] = {
+    getattr(socket, name): value
+    for name, value in (("TCP_KEEPIDLE", 30), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 3))
+    if hasattr(socket, name)
+}
 
 # status before, or -1 when the job was cancelled while it waited; else deliveries so far.
 _START = """
@@ -90,14 +103,20 @@ return n
 # An attempt ended (KEYS[1]: the job's record). ARGV: 1 id, 2 the new status, 3 now (ISO),
 # 4 now (epoch s), 5 '1' if there is an error, 6 its text, 7 its traceback, 8 the retry's run_at
 # (ISO), 9 keep_completed, 10 INDEX, 11 the failed set, 12 the cancel requests, 13 this minute's
-# ENDED hash, 14 ENDED_TTL, 15 the job's queue if the record names none, 16 DUE.
+# ENDED hash, 14 ENDED_TTL, 15 the job's queue if the record names none, 16 DUE, 17 the result's
+# JSON ('' for none), 18 the error's class path ('' if unknown).
 _OUTCOME = """
 local key, id, new = KEYS[1], ARGV[1], ARGV[2]
 local h = redis.call('HMGET', key, 'status', 'queue')
 local old, queue = h[1], h[2]
 if not queue or queue == '' then queue = ARGV[15] end
 redis.call('HSET', key, 'status', new)
-if ARGV[5] == '1' then redis.call('HSET', key, 'last_error', ARGV[6], 'traceback', ARGV[7]) end
+if ARGV[5] == '1' then
+  redis.call('HSET', key, 'last_error', ARGV[6], 'traceback', ARGV[7])
+  if ARGV[18] ~= '' then redis.call('HSET', key, 'error_class', ARGV[18])
+  else redis.call('HDEL', key, 'error_class') end
+end
+if ARGV[17] ~= '' then redis.call('HSET', key, 'result', ARGV[17]) end
 if new == 'retrying' then
   redis.call('HSET', key, 'run_at', ARGV[8])
 else
@@ -208,8 +227,17 @@ class RedisJobStore(RedisHeartbeats, JobStore):
     messages wait in sorted sets that ``run_now`` can take a job's message from (the RabbitMQ
     kind's store, beside the broker, cannot)."""
 
-    def __init__(self, url: str, keep_completed: float = 86_400.0, *, shares_broker: bool = False) -> None:
-        self.client: Any = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(
+        self,
+        url: str,
+        keep_completed: float = 86_400.0,
+        *,
+        shares_broker: bool = False,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        # The queue's timeouts (seconds): a server that does not answer is an error, not a hang.
+        self.client: Any = bounded_client(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._keep = max(1, int(keep_completed))
         self.shares_broker = shares_broker
         self.can_run_now = shares_broker
@@ -323,6 +351,16 @@ class RedisJobStore(RedisHeartbeats, JobStore):
             *(job.id, now.timestamp(), INDEX, QUEUES, DUE),
         ]
 
+    def record_unrunnable(self, job: Job, body: str, outcome: Outcome) -> None:
+        # A record of the job's own (it was enqueued by an app that registers it) keeps its
+        # fields; else the message's raw body stands for its arguments.
+        pipe = self.client.pipeline(transaction=False)
+        fields = {"worker": job.name, "queue": job.queue, "args": json.dumps(body), "attempts": 0}
+        for field, value in {**fields, "enqueued_at": _ts(utcnow())}.items():
+            pipe.hsetnx(self.key(job.id), field, value)
+        pipe.execute()
+        self.record_outcome(job, outcome)
+
     def record_outcome(self, job: Job, outcome: Outcome) -> None:
         """One script: the record, the unique key's release, the indexes and the minute's
         count, atomically and in one round trip."""
@@ -332,11 +370,13 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         """The ``_OUTCOME`` script's ARGV for ``outcome`` at ``now`` (also for bulk loads)."""
         epoch = now.timestamp()
         error = outcome.error_text
+        value = outcome.value
+        result = result_json(value, job.id) if value is not None and outcome.ok else None
         return [
             *(job.id, _SETTLED[outcome.kind], _ts(now), epoch),
             *("1" if error is not None else "0", error or "", outcome.traceback or "", _ts(outcome.retry_at)),
             *(self._keep, INDEX, f"{PREFIX}failed", f"{PREFIX}cancel", f"{ENDED}{int(epoch // 60)}"),
-            *(ENDED_TTL, job.queue, DUE),
+            *(ENDED_TTL, job.queue, DUE, result or "", outcome.error_class or ""),
         ]
 
     def note_lost(self, task_id: str) -> int:
@@ -359,6 +399,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         except ValueError:
             args = h.get("args")
         priority = h.get("priority")
+        result = h.get("result")
         return JobInfo(
             id=job_id,
             worker=h.get("worker", ""),
@@ -373,6 +414,8 @@ class RedisJobStore(RedisHeartbeats, JobStore):
             started_at=_dt(h.get("started_at")),
             finished_at=_dt(h.get("finished_at")),
             priority=int(priority) if priority else None,
+            result=_loads(result) if result else None,
+            error_class=h.get("error_class") or None,
         )
 
     def failed(self, worker: str | None = None, limit: int = 100) -> list[JobInfo]:
@@ -483,12 +526,20 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         self.client.close()
 
 
+def _loads(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # not written by _OUTCOME
+        return None
+
+
 def _both(job: Job) -> str:
     return json.dumps({"args": json.loads(job.args_json), "kwargs": json.loads(job.kwargs_json)})
 
 
 class RedisKind(QueueKind):
     cancel_running = True
+    records_unrunnable = True
 
     def broker_settings(self) -> dict[str, Any]:
         queue = self.queue
@@ -501,6 +552,17 @@ class RedisKind(QueueKind):
             # Our priorities are 0-9 (higher first); kombu's Redis lists are ordered 0 first.
             "queue_order_strategy": "priority",
             "priority_steps": list(range(10)),
+            # A server that does not answer fails the command (the publish, the worker's moves
+            # and acks) after these, instead of hanging. The consumer's BRPOP (1 s on the
+            # server's side) is read when its socket is readable, so no socket timeout cuts
+            # its wait short, whatever read_timeout is.
+            "socket_connect_timeout": queue.connect_timeout_sec,
+            "socket_timeout": queue.read_timeout_sec,
+            # A connection dropped while idle (a NAT or firewall timeout) is found by the
+            # keepalives, not by a publish that waits read_timeout on it (redis-py's defaults;
+            # kombu turns them off).
+            "socket_keepalive": True,
+            "socket_keepalive_options": dict(KEEPALIVE_OPTIONS),
         }
         # kombu's Redis transport, whose delayed messages wait in a sorted set until due
         # (redis_transport.py), not unacked in a worker past the visibility timeout.
@@ -518,7 +580,13 @@ class RedisKind(QueueKind):
         return 9 - priority
 
     def make_store(self) -> JobStore:
-        return RedisJobStore(self.queue.uri, self.workers.keep_completed, shares_broker=True)
+        return RedisJobStore(
+            self.queue.uri,
+            self.workers.keep_completed,
+            shares_broker=True,
+            connect_timeout=self.queue.connect_timeout_sec,
+            read_timeout=self.queue.read_timeout_sec,
+        )
 
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         store = self.store
@@ -541,8 +609,7 @@ class RedisKind(QueueKind):
         try:
             conn.ensure_connection(max_retries=0)  # the Redis channel PINGs the server
         except Exception as exc:
-            why = str(exc).rstrip(".")
-            return [("fail", "queue", f"{where} did not answer: {why}; is it running and reachable?")]
+            return [("fail", "queue", not_answering(where, exc))]
         finally:
             conn.release()
         return [("ok", "queue", f"{where} answered PING in {(time.monotonic() - started) * 1000:.0f} ms")]
@@ -552,7 +619,7 @@ class RedisKind(QueueKind):
 
         queued: dict[str, int] = {}
         reserved: dict[str, int] = {}
-        with app.connection_for_read() as conn:
+        with short_connection(app) as conn:
             channel: Any = conn.default_channel
             client = channel.client
             # Delayed jobs wait in a sorted set per queue until due: queued too.
@@ -578,7 +645,7 @@ class RedisKind(QueueKind):
         from unified_jobs.adapters.celery.kinds.redis_transport import purge_delayed
 
         # The delayed ones first: one a mover pushes to its list meanwhile is purged with it.
-        with app.connection_for_write() as conn:
+        with short_connection(app, write=True) as conn:
             channel: Any = conn.default_channel
             raw = redis.Redis(connection_pool=channel.pool)
             delayed = purge_delayed(raw, names, channel.global_keyprefix or "")
@@ -588,4 +655,8 @@ class RedisKind(QueueKind):
     def make_schedule_state(self) -> Any:  # a ScheduleState (annotated so in QueueKind)
         from unified_jobs.adapters.celery.kinds.redis_schedules import RedisScheduleState
 
-        return RedisScheduleState(self.queue.uri)
+        return RedisScheduleState(
+            self.queue.uri,
+            connect_timeout=self.queue.connect_timeout_sec,
+            read_timeout=self.queue.read_timeout_sec,
+        )

@@ -12,8 +12,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any, cast
 
-import redis
-
+from unified_jobs.adapters.celery.kinds.redis_client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_READ_TIMEOUT,
+    bounded_client,
+)
 from unified_jobs.scheduler.state import ScheduleState, TickRecord
 
 __all__ = ["KEY", "RedisScheduleState"]
@@ -54,8 +57,14 @@ def _dt(value: Any) -> datetime | None:
 
 
 class RedisScheduleState(ScheduleState):
-    def __init__(self, url: str) -> None:
-        self.client: Any = redis.Redis.from_url(url, decode_responses=True)
+    def __init__(
+        self,
+        url: str,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+    ) -> None:
+        self.client: Any = bounded_client(url, connect_timeout=connect_timeout, read_timeout=read_timeout)
         self._advance = self.client.register_script(_ADVANCE)
         self._note = self.client.register_script(_NOTE_JOB)
 

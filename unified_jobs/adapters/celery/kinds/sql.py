@@ -4,39 +4,53 @@ The transport writes a job's whole life into its row (claim, ack, fail, lease ex
 the ``record_*`` hooks do nothing here. A retried job is a new row with the same task id
 (Celery's own retry publishes one); the superseded row is deleted, so the newest row of a
 task id is the job.
+
+What a Worker's job returned is known only where it ran: a worker's pool process (Celery's
+main process, which acks, is handed only its repr). ``record_result`` hands it to the
+consuming channel when that is in the same process (a threads or solo pool), so the ack's
+UPDATE writes it; a prefork pool's child writes it to the row itself, one UPDATE before the
+ack. A job that returns ``None`` costs nothing either way.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, cast
 
 from celery import signals
 from sqlalchemy.engine import Row
+from sqlalchemy.exc import SQLAlchemyError
 
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.celery.kinds import Check, QueueKind
 from unified_jobs.adapters.sql import monitor_queries, queries
 from unified_jobs.adapters.sql.heartbeats import SqlHeartbeats
+from unified_jobs.adapters.sql.leases import claim_of, note_result_here
 from unified_jobs.adapters.sql.schema import COMPLETED
 from unified_jobs.adapters.sql.store import JobStore as SqlTable
 from unified_jobs.core.job import JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.monitor import SEARCH_LIMIT, JobPage, JobQuery, QueueStats, ThroughputBucket
+from unified_jobs.core.outcome import result_json
 from unified_jobs.core.store import JobStore
 from unified_jobs.errors import ConfigError
 
-__all__ = ["ERROR_HEADER", "SqlJobStore", "SqlKind", "like_pattern", "split_error"]
+__all__ = ["ERROR_CLASS_HEADER", "ERROR_HEADER", "SqlJobStore", "SqlKind", "like_pattern", "split_error"]
+
+logger = logging.getLogger(__name__)
 
 #: Cancel requests older than this are deleted (their job had ended before a worker saw them).
 STALE_CANCEL_REQUEST = timedelta(hours=1)
 
 #: The header a retry's message carries the failed attempt's error in (for ``jobs.job()``).
 ERROR_HEADER = "unified_jobs_error"
+#: The header a retry's message carries the failed attempt's error class path in.
+ERROR_CLASS_HEADER = "unified_jobs_error_class"
 #: A LIKE pattern (escape ``\\``) of the payloads that carry it: how SQL tells a retry's row.
 RETRY_MARK = '%"' + ERROR_HEADER.replace("_", "\\_") + '":%'
 
@@ -60,11 +74,35 @@ def split_error(text: str | None) -> tuple[str | None, str | None]:
 
 
 class SqlJobStore(SqlHeartbeats, JobStore):
+    """``on_ack``: the queue's (``delete``: a completed job's row is deleted, so no result is
+    written)."""
+
     can_run_now = True
 
-    def __init__(self, url: str, table_prefix: str) -> None:
+    def __init__(self, url: str, table_prefix: str, on_ack: str = "complete") -> None:
         self.table = SqlTable(url, table_prefix)
         self.q = queries.one_job_queries_for(self.table.tables)
+        self.on_ack = on_ack
+
+    def record_result(self, delivery_tag: object, job_id: str, value: Any) -> None:
+        """A job delivered under ``delivery_tag`` (the transport's ``"<row id>.<claims>"``)
+        returned ``value`` (not None) in this worker process: have its row keep it (see the
+        module's docstring). Never raises: the job has completed, whatever becomes of this."""
+        claim = claim_of(delivery_tag)
+        if self.on_ack != "complete" or claim is None:
+            return
+        text = result_json(value, job_id)
+        if text is None:
+            return
+        table = self.table
+        transport_queries = queries.queries_for(table.tables, table.dialect)
+        if note_result_here(table.engine, transport_queries, str(delivery_tag), text):
+            return
+        params = {"job_id": claim.id, "claim_attempts": claim.attempts, "result": text}
+        try:
+            self._change(transport_queries.keep_result, params)
+        except SQLAlchemyError:
+            logger.warning("could not keep the result of job %s in its row", job_id, exc_info=True)
 
     def _one(self, stmt: Any, params: dict[str, Any]) -> Row[Any] | None:
         with self.table._ready().begin() as conn:
@@ -236,8 +274,10 @@ def _info(row: Row[Any]) -> JobInfo:
     status = str(row.status)
     run_at = aware(row.run_at)
     last_error, trace = split_error(row.last_error)
+    error_class = row.error_class
     if status == "queued" and retries and headers.get(ERROR_HEADER):
         status, last_error = "retrying", last_error or str(headers[ERROR_HEADER])
+        error_class = error_class or headers.get(ERROR_CLASS_HEADER)
     elif status == "queued" and run_at > utcnow():
         status = "scheduled"
     attempts = retries + (1 if status in ("processing", "completed", "failed") else 0)
@@ -257,7 +297,18 @@ def _info(row: Row[Any]) -> JobInfo:
         started_at=updated if status == "processing" else None,
         finished_at=finished,
         priority=int(row.priority),
+        result=_result(row.result_json) if status == "completed" else None,
+        error_class=str(error_class) if error_class else None,
     )
+
+
+def _result(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:  # not written by us
+        return None
 
 
 def _body(message: dict[str, Any]) -> str:
@@ -273,12 +324,24 @@ class SqlKind(QueueKind):
     cancel_running = True
     unique_in_transport = True
 
+    @property
+    def db_uri(self) -> str:
+        """``queue.uri`` with the queue's timeouts as libpq parameters (Postgres; its own
+        ``connect_timeout`` or ``tcp_user_timeout`` win): what every engine of the queue opens
+        (the transport's, the job store's, the schedule state's, the ``jobs`` commands')."""
+        from unified_jobs.adapters.sql.engine import with_timeouts
+
+        queue = self.queue
+        return with_timeouts(
+            queue.uri, connect_timeout=queue.connect_timeout_sec, read_timeout=queue.read_timeout_sec
+        )
+
     def broker_settings(self) -> dict[str, Any]:
         from unified_jobs.adapters import sql
 
         queue = self.queue
         return {
-            "broker_url": sql.broker_url(queue.kind, queue.uri),
+            "broker_url": sql.broker_url(queue.kind, self.db_uri),
             "broker_transport_options": sql.transport_options(
                 lease_sec=queue.lease_sec,
                 poll_interval_sec=queue.poll_interval_sec,
@@ -297,7 +360,7 @@ class SqlKind(QueueKind):
         return {"worker_lost_wait": 1.0}
 
     def make_store(self) -> JobStore:
-        return SqlJobStore(self.queue.uri, self.queue.table_prefix)
+        return SqlJobStore(self.db_uri, self.queue.table_prefix, on_ack=self.queue.on_ack)
 
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         # The transport's delivery tag is "<row id>.<claims so far>".
@@ -310,17 +373,33 @@ class SqlKind(QueueKind):
         from unified_jobs.adapters.transactions import connection_of
 
         conn = connection_of(transaction)
-        return conn if _same_database(conn.engine.url, self.queue.uri) else None
+        return conn if conn is not None and _same_database(conn.engine.url, self.queue.uri) else None
+
+    @contextmanager
+    def batch_transaction(self, producer: Any) -> Iterator[Any]:
+        # The transport's own engine (``producer.channel`` is our SQL channel): every row of
+        # the batch, or none. A database error comes out as kombu's, as a publish's does.
+        from kombu.exceptions import OperationalError
+
+        from unified_jobs.adapters.celery.publish_retry import PUBLISH_RETRY_POLICY
+
+        # Connected as a publish connects: a hung database is one timeout (in ``bounded()``).
+        producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
+        try:
+            with producer.channel.connection.engine.begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise OperationalError(str(exc)) from exc
 
     def job_table(self) -> SqlTable:
-        return SqlTable(self.queue.uri, self.queue.table_prefix)
+        return SqlTable(self.db_uri, self.queue.table_prefix)
 
     def health(self, *, fix: bool, timeout: float) -> list[Check]:
         from sqlalchemy import inspect, select
         from sqlalchemy.engine import make_url
 
         from unified_jobs.adapters.sql import SCHEMA_VERSION, broker_url
-        from unified_jobs.adapters.sql.engine import get_engine, normalize_db_url
+        from unified_jobs.adapters.sql.engine import get_engine, libpq_connect_timeout, normalize_db_url
         from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
 
         queue = self.queue
@@ -332,7 +411,7 @@ class SqlKind(QueueKind):
         url = make_url(normalize_db_url(queue.uri))
         if queue.kind == "Postgres":
             if "connect_timeout" not in url.query:  # libpq's own parameter; 2 s is its minimum
-                url = url.update_query_dict({"connect_timeout": str(max(2, math.ceil(timeout)))})
+                url = url.update_query_dict({"connect_timeout": str(libpq_connect_timeout(timeout))})
         else:
             database = url.database or ""
             if not fix and not Path(database).is_file():
@@ -379,7 +458,7 @@ class SqlKind(QueueKind):
     def make_schedule_state(self) -> Any:  # a ScheduleState (annotated so in QueueKind)
         from unified_jobs.adapters.sql.schedules import SqlScheduleState
 
-        return SqlScheduleState(self.queue.uri, self.queue.table_prefix)
+        return SqlScheduleState(self.db_uri, self.queue.table_prefix)
 
 
 def _same_database(url: Any, queue_uri: str) -> bool:

@@ -1,0 +1,18 @@
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies: list = []
+    operations = [
+        migrations.CreateModel(
+            name="Order",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False)),
+                ("item", models.CharField(max_length=100)),
+                ("email", models.EmailField(max_length=254)),
+                ("receipt_sent", models.BooleanField(default=False)),
+                ("fraud_score", models.FloatField(null=True)),
+            ],
+        ),
+    ]
