@@ -39,10 +39,14 @@ pytestmark = pytest.mark.timeout(150)
 APP = "tests.contract.contract_app:app_from_env"
 KINDS = ["Postgres", "Sqlite", "Redis", "RabbitMQ"]
 JOBS, SECONDS, CONCURRENCY = 20, 1.0, 2
-#: A stop may take the running jobs' time, and this much more: Celery's own stop of its pool and
-#: connections (about 2-3 s here, on every kind) on a loaded machine. Running every prefetched
-#: job first, as the SQL kinds did, took 16 s.
-STOP_SLACK = 5.0
+#: A stop may take the running jobs' time, and this much more. Celery's own stop of its pool,
+#: timer and connections polls in 1 s steps: about 2-3 s here on every kind, and 5 s was seen on
+#: CI's loaded machine. What the tests check is which jobs ran (the counts); this bound only
+#: catches the old behaviour, running every prefetched job first (16 s), or a hang. The times
+#: themselves go to the fault table.
+STOP_SLACK = 9.0
+#: How long the job a cold stop ends would run: a stop well under it did not wait for it.
+LONG_JOB_SEC = 60
 
 
 @pytest.fixture(params=KINDS)
@@ -152,7 +156,7 @@ def test_a_job_ended_by_a_cold_stop_goes_back_to_the_queue(
     try:
         worker = pool(env, "--concurrency", "1", "--", "--without-mingle", "--without-gossip")
         worker.wait_for_output("ready.", timeout=60)
-        long_id = Sleep.perform_later({"n": 0, "seconds": 60}).id
+        long_id = Sleep.perform_later({"n": 0, "seconds": LONG_JOB_SEC}).id
 
         def starts() -> list[str]:
             return [r["job"] for r in read_records(record) if r["worker"] == "sleep_start"]
@@ -167,7 +171,7 @@ def test_a_job_ended_by_a_cold_stop_goes_back_to_the_queue(
         took = time.monotonic() - signalled
         if stop == "grace":
             assert "stop_grace (1 s) is over" in worker.output()
-            assert took < 1 + STOP_SLACK, f"the stop took {took:.1f} s\n{worker.output()[-3000:]}"
+        assert took < 1 + STOP_SLACK < LONG_JOB_SEC / 2, f"took {took:.1f} s\n{worker.output()[-3000:]}"
         assert jobs.status(long_id) not in ("failed", "completed"), worker.output()[-3000:]
         pool(env, "--concurrency", "1", "--", "--without-mingle", "--without-gossip", name="second")
         assert wait_until(lambda: len(starts()) == 2, 60), pool.started[-1].output()[-3000:]
