@@ -277,3 +277,88 @@ class PrivatePostgres:
         if self.running():
             self.stop("immediate")
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _rabbitmq_program(name: str) -> str | None:
+    import shutil
+
+    return shutil.which(name) or next((str(p) for p in [Path("/usr/sbin") / name] if p.exists()), None)
+
+
+class PrivateRabbitMQ:
+    """A RabbitMQ node of the test's own (its own node name, AMQP and distribution ports, data
+    folder and configuration, no plugins), for tests that stop and restart the broker. Never
+    the shared node. Its queues and persistent messages survive ``stop`` and ``start``. As
+    root, ``rabbitmq-server`` runs as the ``rabbitmq`` user, who owns the folder."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        server, ctl = _rabbitmq_program("rabbitmq-server"), _rabbitmq_program("rabbitmqctl")
+        if server is None or ctl is None:
+            raise RuntimeError("no rabbitmq-server and rabbitmqctl: apt install rabbitmq-server")
+        self.server, self.ctl = server, ctl
+        self.port, dist_port = free_port(), free_port()
+        self.node = f"ujfault{self.port}@localhost"
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.folder = Path(tempfile.mkdtemp(prefix="uj-rabbit-"))
+        (self.folder / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{self.port}\n")
+        (self.folder / "enabled_plugins").write_text("[].\n")
+        for sub in ("mnesia", "log"):
+            (self.folder / sub).mkdir()
+        if os.geteuid() == 0:
+            import shutil
+
+            self.folder.chmod(0o755)
+            for path in [self.folder, *self.folder.rglob("*")]:
+                shutil.chown(path, "rabbitmq", "rabbitmq")
+        self.env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(dist_port),
+            "RABBITMQ_CONFIG_FILE": str(self.folder / "rabbitmq.conf"),
+            "RABBITMQ_MNESIA_BASE": str(self.folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.folder / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
+            "RABBITMQ_PID_FILE": str(self.folder / "pid"),
+        }
+        self.start()
+
+    def _run(self, *argv: str, timeout: float = 90) -> str:
+        done = subprocess.run(
+            argv, env=self.env, cwd=self.folder, capture_output=True, text=True, timeout=timeout
+        )
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed:\n{done.stdout}{done.stderr}\n{self.log()}")
+        return done.stdout
+
+    def log(self) -> str:
+        path = self.folder / "log" / f"{self.node}.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
+
+    def _answers(self) -> bool:
+        import socket
+
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                s.sendall(b"AMQP\x00\x00\x09\x01")
+                return s.recv(4) == b"\x01\x00\x00\x00"  # Connection.Start: a method frame, channel 0
+        except OSError:
+            return False
+
+    def start(self) -> None:
+        self._run(self.server, "-detached")  # returns before the node is up
+        if not wait_until(self._answers, 60, 0.1):
+            raise AssertionError(f"RabbitMQ node {self.node} does not answer on {self.port}:\n{self.log()}")
+
+    def stop(self) -> None:
+        """A clean stop of the node (``rabbitmqctl stop``), waiting until its process is gone."""
+        self._run(self.ctl, "-n", self.node, "stop", str(self.folder / "pid"))
+
+    def destroy(self) -> None:
+        import shutil
+
+        if self._answers():
+            self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)

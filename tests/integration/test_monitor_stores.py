@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -32,6 +33,7 @@ from unified_jobs.adapters.celery.kinds.sql import SqlJobStore
 from unified_jobs.core.job import Job, new_job_id, utcnow
 from unified_jobs.core.monitor import SEARCH_LIMIT, JobQuery
 from unified_jobs.core.outcome import Outcome
+from unified_jobs.core.store import StartCheck
 
 
 def job(queue: str = "default", kwargs: str = '{"n":1}', wait: float | None = None) -> Job:
@@ -72,6 +74,39 @@ def test_redis_completed_entries_leave_the_index_with_their_records(store: Redis
     assert store.status_counts() == {}
     assert store.jobs(JobQuery(status="completed")).jobs == []
     assert sum(b.completed for b in store.throughput(2)) == 1, "the count outlives the record"
+
+
+def _status(store: RedisJobStore, job_id: str) -> str:
+    info = store.get(job_id)
+    assert info is not None, f"no record of {job_id}"
+    return info.status
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("ended", ["succeeded", "failed", "retry"])
+def test_redis_a_repeated_delivery_of_an_attempt_that_ended_is_settled(
+    store: RedisJobStore, ended: str
+) -> None:
+    """A message whose ack was lost (the broker restarted after the job ran) comes again: the
+    store says that attempt ended, so the worker does not run it twice, and the record keeps
+    its status. The next attempt of a retried job still runs. (Through real workers and a
+    RabbitMQ restart: tests/faults/test_rabbitmq_restart.py.)"""
+    first = job()
+    store.record_enqueued([first])
+    assert store.record_started(first) == StartCheck(deliveries=1)
+    if ended == "succeeded":
+        outcome = Outcome("succeeded", 1)
+    else:
+        extra = {"retry_at": utcnow() + timedelta(seconds=30)} if ended == "retry" else {}
+        outcome = Outcome.from_error(ended, ValueError("no"), 1, **extra)  # type: ignore[arg-type]
+    store.record_outcome(first, outcome)
+    status = _status(store, first.id)
+    assert status in ("completed", "failed", "retrying")
+    assert store.record_started(first) == StartCheck(settled=True)
+    assert _status(store, first.id) == status, "the repeated delivery changed the record"
+    if ended == "retry":
+        assert store.record_started(replace(first, attempt=2)) == StartCheck(deliveries=1)
+        assert _status(store, first.id) == "processing"
 
 
 @pytest.mark.redis

@@ -27,6 +27,10 @@ class StartCheck:
     deliveries: int = 0
     #: The job was cancelled while it waited: do not run it.
     cancelled: bool = False
+    #: This attempt already ended (completed, failed, or failed and its retry enqueued): the
+    #: delivery repeats a message whose ack was lost (the broker restarted or the connection
+    #: dropped after the job ran). Do not run it again.
+    settled: bool = False
 
 
 class JobStore(ABC):

@@ -40,6 +40,7 @@ from unified_jobs.adapters.celery.kinds.sql import ERROR_CLASS_HEADER, ERROR_HEA
 from unified_jobs.adapters.celery.request import (
     BRIDGE_ATTRIBUTE,
     ERROR_CLASS_ATTRIBUTE,
+    AlreadySettled,
     JobCancelled,
     JobRequest,
     cancel_watch,
@@ -230,6 +231,15 @@ class CeleryBridge:
                 # goes back to its queue, where the next delivery tries again. Failing it would
                 # ack it with no failed record written: lost.
                 raise draining.HandedBack(f"its job store did not answer: {exc}") from exc
+            if check.settled:
+                logger.warning(
+                    "job %s (%s) attempt %d already ended: this delivery repeats a message whose ack "
+                    "was lost (the broker restarted or the connection dropped); not run again",
+                    job.id,
+                    job.name,
+                    job.attempt,
+                )
+                raise AlreadySettled()
             if check.cancelled:
                 logger.info("job %s (%s) was cancelled before it started; not run", job.id, job.name)
                 raise JobCancelled()

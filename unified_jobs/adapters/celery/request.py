@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BRIDGE_ATTRIBUTE",
     "ERROR_CLASS_ATTRIBUTE",
+    "AlreadySettled",
     "JobCancelled",
     "JobRequest",
     "bridge_of",
@@ -63,6 +64,11 @@ def bridge_of(app: Celery) -> CeleryBridge | None:
 class JobCancelled(Ignore):  # type: ignore[misc]
     """The job was cancelled (``jobs.cancel``): Celery acks it as ignored, and the SQL queue
     writes its row cancelled."""
+
+
+class AlreadySettled(Ignore):  # type: ignore[misc]
+    """This attempt of the job already ended (its job store says so): the delivery repeats a
+    message whose ack was lost. Celery acks it as ignored; the job does not run again."""
 
 
 class JobRequest(Request):  # type: ignore[misc]

@@ -79,9 +79,10 @@ _START = """
 local key = KEYS[1]
 local status = redis.call('HGET', key, 'status')
 if status == 'cancelled' or status == 'discarded' then return -1 end
-if tonumber(redis.call('HGET', key, 'attempts') or '0') ~= tonumber(ARGV[2]) then
-  redis.call('HSET', key, 'deliveries', 0)
-end
+local same_attempt = tonumber(redis.call('HGET', key, 'attempts') or '0') == tonumber(ARGV[2])
+-- this attempt ended already: a message whose ack was lost, delivered again
+if same_attempt and (status == 'completed' or status == 'failed' or status == 'retrying') then return -2 end
+if not same_attempt then redis.call('HSET', key, 'deliveries', 0) end
 local n = redis.call('HINCRBY', key, 'deliveries', 1)
 local queue = redis.call('HGET', key, 'queue')
 redis.call('HSET', key, 'status', 'processing', 'started_at', ARGV[1], 'attempts', ARGV[2])
@@ -341,7 +342,9 @@ class RedisJobStore(RedisHeartbeats, JobStore):
 
     def record_started(self, job: Job) -> StartCheck:
         n = int(cast(Any, self._start(keys=[self.key(job.id)], args=self.started_args(job, utcnow()))))
-        return StartCheck(cancelled=True) if n < 0 else StartCheck(deliveries=n)
+        if n == -1:
+            return StartCheck(cancelled=True)
+        return StartCheck(settled=True) if n == -2 else StartCheck(deliveries=n)
 
     def started_args(self, job: Job, now: datetime) -> list[Any]:
         """The ``_START`` script's ARGV for ``job`` starting at ``now`` (also for bulk loads)."""
