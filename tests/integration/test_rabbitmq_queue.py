@@ -33,6 +33,7 @@ from tests.conftest import (
     require_service,
 )
 from tests.contract.contract_app import Echo, Mail, Sleep, SlowRetry, create_app
+from tests.integration.unrunnable_messages import assert_failed_with_body_and_reason, publish_unrunnable
 from tests.procs import BIN, ROOT, WorkerPool, read_records, wait_until
 from unified_jobs import Jobs
 from unified_jobs.adapters.celery.kinds.rabbitmq import DELAY_PREFIX, DELAYED_ROW, LEVELS, level_name
@@ -222,6 +223,17 @@ def test_jobs_list_counts_messages_and_purge_empties_the_queues(app: App, worker
     assert wait_until(started, timeout=30), worker.output()[-2000:]
     assert counts()["default"] == {"queued": 0, "reserved": 1}
     assert wait_until(lambda: jobs.status(long) == "completed", timeout=30)
+
+
+def test_messages_a_worker_cannot_run_are_failed_jobs_with_their_body_and_reason(
+    app: App, workers: Any
+) -> None:
+    _, record, env, jobs = app
+    worker = workers(env, "--concurrency", "1", *FAST)
+    worker.wait_for_output("ready.")
+    publish_unrunnable(jobs)
+    assert_failed_with_body_and_reason(jobs, record, worker)
+    assert wait_until(lambda: unacked(app[0]) == 0, 10), rabbitmq_counts(app[0])  # every one acked
 
 
 def test_doctor_passes_and_fails_with_the_reason(setup: tuple[str, Path, dict[str, str]]) -> None:

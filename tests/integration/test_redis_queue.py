@@ -17,6 +17,7 @@ import redis
 
 from tests.conftest import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_url, require_service
 from tests.contract.contract_app import Echo, Mail, Sleep, create_app
+from tests.integration.unrunnable_messages import assert_failed_with_body_and_reason, publish_unrunnable
 from tests.procs import ROOT, WorkerPool, read_records, wait_until
 from unified_jobs.errors import EnqueueError
 
@@ -125,50 +126,8 @@ def test_messages_a_worker_cannot_run_are_failed_jobs_with_their_body_and_reason
     jobs = create_app(config(), str(record))
     worker = workers(env, "--concurrency", "1", *FAST)
     worker.wait_for_output("ready.")
-    amqp = jobs.celery.amqp
-    with jobs.celery.connection_for_write() as conn:
-        producer = conn.Producer()
-        # A task no app registers (an old name, another project's task).
-        amqp.send_task_message(
-            producer,
-            "no.such.task",
-            amqp.as_task_v2("unknown-1", "no.such.task", kwargs={"n": 1}),
-            queue="default",
-        )
-        # A body that says JSON and is not.
-        producer.publish(
-            b"{not json",
-            routing_key="default",
-            content_type="application/json",
-            content_encoding="utf-8",
-            headers={"id": "badjson-1", "task": "contract.Echo"},
-        )
-        # Pickle, which the app does not accept.
-        amqp.send_task_message(
-            conn.Producer(serializer="pickle"),
-            "contract.Echo",
-            amqp.as_task_v2("pickle-1", "contract.Echo", kwargs={"n": 666}),
-            queue="default",
-            serializer="pickle",
-        )
-        # JSON without a task header: not a Celery task at all.
-        producer.publish({"hello": "world"}, routing_key="default", serializer="json")
-    Echo.perform_later({"n": 2})
-    assert wait_until(lambda: len(read_records(record)) >= 1, timeout=30), worker.output()[-3000:]
-    assert wait_until(lambda: len(jobs.failed()) >= 4, timeout=10), worker.output()[-3000:]
-    failed = {info.id: info for info in jobs.failed()}
-    assert len(failed) == 4, failed
-    assert "is not registered" in (failed["unknown-1"].last_error or "")
-    assert failed["unknown-1"].worker == "no.such.task" and failed["unknown-1"].queue == "default"
-    assert "does not decode" in (failed["badjson-1"].last_error or "")
-    assert failed["badjson-1"].args == "{not json"
-    assert "untrusted content of type pickle" in (failed["pickle-1"].last_error or "")
-    (other,) = [info for job_id, info in failed.items() if job_id.startswith("unrunnable-")]
-    assert "not a Celery task message" in (other.last_error or "")
-    assert json.loads(other.args) == {"hello": "world"}
-    assert all(info.status == "failed" for info in failed.values())
-    assert [r["args"]["n"] for r in read_records(record)] == [2]  # none of them ran
-    assert jobs.discard(other.id) and len(jobs.failed()) == 3
+    publish_unrunnable(jobs)
+    assert_failed_with_body_and_reason(jobs, record, worker)
     jobs.shutdown()
 
 
