@@ -35,6 +35,7 @@ type: $(STAMP)
 check: lint type test
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -r bench/requirements-peers.txt
 	$(BIN)/python -m bench
 
 # The dashboard's screenshots in docs/images, from its browser test (Postgres kind).
