@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -323,7 +324,11 @@ class PrivateRabbitMQ:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.folder / "enabled_plugins"),
             "RABBITMQ_PID_FILE": str(self.folder / "pid"),
         }
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.destroy()
+            raise
 
     def _run(self, *argv: str, timeout: float = 90) -> str:
         done = subprocess.run(
@@ -357,8 +362,14 @@ class PrivateRabbitMQ:
         self._run(self.ctl, "-n", self.node, "stop", str(self.folder / "pid"))
 
     def destroy(self) -> None:
+        """Stop the node if it runs (answering or not yet), and delete its folder."""
         import shutil
 
-        if self._answers():
-            self.stop()
+        pid = self.folder / "pid"
+        if pid.exists():
+            try:
+                self.stop()
+            except (AssertionError, subprocess.TimeoutExpired):
+                with contextlib.suppress(ValueError, OSError):
+                    os.kill(int(pid.read_text().strip()), signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)

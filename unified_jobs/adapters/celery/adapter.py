@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
     from unified_jobs.scheduler.state import ScheduleState
 
 __all__ = ["CeleryQueueAdapter"]
+
+logger = logging.getLogger(__name__)
 
 
 class CeleryQueueAdapter(Adapter):
@@ -50,12 +53,22 @@ class CeleryQueueAdapter(Adapter):
             raise self._error(what, exc, store=True) from None
 
     def enqueue(self, job: Job) -> None:
-        self._record([job], f"job {job.id} ({job.name})")
+        what = f"job {job.id} ({job.name})"
+        together = self._kind.record_with_publish([job])
+        if together is None:
+            self._record([job], what)
         try:
-            self._publish(job)
+            if together is None:
+                self._publish(job)
+            else:  # the record and the message in one transaction (Redis): nothing to forget
+                with together as rider:
+                    self._publish(job)
+                if rider.pending:  # published by another transport (an app's own broker_transport?)
+                    logger.warning("job %s: its message did not go through the queue's transport", job.id)
+                    self._record([job], what)
         except (OperationalError, OSError) as exc:
             self._forget([job], exc)
-            raise self._error(f"job {job.id} ({job.name})", exc) from None
+            raise self._error(what, exc) from None
 
     def enqueue_many(self, jobs: list[Job]) -> None:
         app = self._bridge.app

@@ -7,13 +7,14 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from unified_jobs._faults import fault_in
 
 if TYPE_CHECKING:
     from unified_jobs.config import QueueConfig, WorkersConfig
+    from unified_jobs.core.job import Job
     from unified_jobs.core.store import JobStore
     from unified_jobs.scheduler.state import ScheduleState
 
@@ -85,6 +86,13 @@ class QueueKind(ABC):
     def transaction_connection(self, transaction: Any) -> Any:
         """The SQLAlchemy connection of ``transaction`` if jobs can be written in it (the queue
         is that very database), else None: they are enqueued after it commits."""
+        return None
+
+    def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
+        """A block in which the next publish also writes the job store's records of ``jobs``,
+        in the same transaction (one round trip), where the store lives in the broker; None
+        (the default) where it does not: the records are written first, on their own. The
+        block's value has ``pending``: true while the records are not written."""
         return None
 
     @contextmanager

@@ -28,6 +28,7 @@ import logging
 import socket
 import time
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, cast
 
@@ -41,6 +42,7 @@ from unified_jobs.adapters.celery.kinds.redis_client import (
     bounded_client,
 )
 from unified_jobs.adapters.celery.kinds.redis_heartbeats import RedisHeartbeats
+from unified_jobs.adapters.celery.kinds.redis_transport import Rider, riding
 from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.monitor import JobPage, JobQuery, QueueStats, ThroughputBucket
 from unified_jobs.core.outcome import Outcome, result_json
@@ -298,8 +300,13 @@ class RedisJobStore(RedisHeartbeats, JobStore):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def record_enqueued(self, jobs: Sequence[Job]) -> None:
-        now = utcnow()
         pipe = self.client.pipeline(transaction=False)
+        self.add_enqueued(pipe, jobs)
+        pipe.execute()
+
+    def add_enqueued(self, pipe: Any, jobs: Sequence[Job]) -> None:
+        """``record_enqueued``'s commands, queued in ``pipe`` (which a caller executes)."""
+        now = utcnow()
         indexed: dict[str, dict[str, float]] = {}  # index key -> {job id: enqueue time}
         due: dict[str, float] = {}
         for job in jobs:
@@ -329,7 +336,6 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         if due:
             pipe.zadd(DUE, due)
         pipe.sadd(QUEUES, *{job.queue for job in jobs})
-        pipe.execute()
 
     def forget_enqueued(self, jobs: Sequence[Job]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -576,6 +582,11 @@ class RedisKind(QueueKind):
             "broker_transport": f"unified_jobs.adapters.celery.kinds.redis_transport:{transport}",
             "broker_transport_options": options,
         }
+
+    def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
+        store = self.store
+        assert isinstance(store, RedisJobStore)
+        return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs)))
 
     def publish_priority(self, priority: int) -> int:
         # kombu's Redis transport serves 0 first (and puts a message without a priority

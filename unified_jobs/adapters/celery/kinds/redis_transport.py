@@ -19,16 +19,24 @@ for every mover; the due time itself is the eta, set by the publisher's clock.
 Publish batches (``Producer.batch``, which ``perform_all_later`` uses) are MULTI/EXEC
 transactions here, where kombu's are plain pipelines: a batch whose flush is cut off half way
 leaves none of its messages, queued or delayed.
+
+A publish may carry a ``Rider`` (``riding(rider)``, a context variable): the job store's
+commands for the job being published, which ``_put`` sends in the message's own MULTI/EXEC.
+One round trip per job instead of two, and the record and the message land together or not
+at all. The channel also keeps one Redis client for its publishes, where kombu made a new one
+(and its table of response callbacks) for each.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
 import os
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from datetime import datetime, timezone
 from typing import Any
@@ -46,6 +54,7 @@ __all__ = [
     "DELAYED_PREFIX",
     "Channel",
     "Mover",
+    "Rider",
     "SentinelChannel",
     "SentinelTransport",
     "Transport",
@@ -53,6 +62,7 @@ __all__ = [
     "due_time",
     "move_due",
     "purge_delayed",
+    "riding",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,6 +110,30 @@ end
 local more = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 1)
 return {moved, #more}
 """
+
+
+class Rider:
+    """Commands (``add(pipeline)``) to send with the next message put on this context, in its
+    transaction. ``pending`` until they were sent and the transaction succeeded."""
+
+    __slots__ = ("add", "pending")
+
+    def __init__(self, add: Callable[[Any], None]) -> None:
+        self.add = add
+        self.pending = True
+
+
+_rider: contextvars.ContextVar[Rider | None] = contextvars.ContextVar("unified_jobs_rider", default=None)
+
+
+@contextlib.contextmanager
+def riding(rider: Rider) -> Iterator[Rider]:
+    """Publishes in this block carry ``rider`` (the first ``_put`` sends it)."""
+    token = _rider.set(rider)
+    try:
+        yield rider
+    finally:
+        _rider.reset(token)
 
 
 def due_time(eta: Any) -> float | None:
@@ -236,9 +270,30 @@ class DelayedMixin:
 
     _mover: Mover | None = None
 
+    def _create_client(self, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return super()._create_client(asynchronous=True)  # type: ignore[misc]
+        # One client for the channel's publishes (redis-py clients are thread-safe over their
+        # pool); kombu builds a new one, with its table of response callbacks, for each.
+        client = self.__dict__.get("_publish_client")
+        if client is None or client.connection_pool is not self.pool:  # type: ignore[attr-defined]
+            client = self.__dict__["_publish_client"] = super()._create_client()  # type: ignore[misc]
+        return client
+
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> Any:
         channel: Any = self
         due = due_time((message.get("headers") or {}).get("eta"))
+        rider = _rider.get()
+        if rider is not None and rider.pending and "_publish_batch" not in kwargs:
+            if channel.global_keyprefix or (channel._expires and queue in channel._expires):
+                # Not in one transaction here: the store's keys are not prefixed, and kombu's
+                # own put adds expiries. The record first, as without a rider.
+                with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+                    rider.add(pipe)
+                    pipe.execute()
+                rider.pending = False
+            else:
+                return self._put_riding(queue, message, due, rider)
         if due is None or due - time.time() <= IMMEDIATE:
             return super()._put(queue, message, **kwargs)  # type: ignore[misc]
         pri = channel._get_message_priority(message, reverse=False)
@@ -256,6 +311,22 @@ class DelayedMixin:
             pipe.zadd(DELAYED_INDEX, {queue: due}, lt=True)
             pipe.execute()
         return None
+
+    def _put_riding(self, queue: str, message: dict[str, Any], due: float | None, rider: Rider) -> None:
+        """The rider's commands and the message (pushed to its list, or to its queue's delayed
+        set) in one MULTI/EXEC."""
+        channel: Any = self
+        pri = channel._get_message_priority(message, reverse=False)
+        with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
+            rider.add(pipe)
+            if due is None or due - time.time() <= IMMEDIATE:
+                pipe.lpush(channel._q_for_pri(queue, pri), dumps(message))
+            else:
+                member = f"{channel._q_for_pri(queue, pri)}{SEP}{dumps(message)}"
+                pipe.zadd(DELAYED_PREFIX + queue, {member: due})
+                pipe.zadd(DELAYED_INDEX, {queue: due}, lt=True)
+            pipe.execute()
+        rider.pending = False
 
     def _brpop_start(self, timeout: Any = None) -> Any:
         result = super()._brpop_start(timeout)  # type: ignore[misc]
