@@ -14,6 +14,7 @@ from kombu.exceptions import BatchPublishError, OperationalError
 
 from unified_jobs._uri import mask_text, mask_uri, password_pieces, uri_secrets
 from unified_jobs.adapters.base import Adapter, Capabilities, describe
+from unified_jobs.adapters.celery.lean_publish import LeanPublisher
 from unified_jobs.adapters.celery.publish_retry import bounded, timeout_in
 from unified_jobs.adapters.sql.engine import libpq_connect_timeout
 from unified_jobs.adapters.sql.publishing import UNIQUE_HEADER, UNIQUE_UNTIL_HEADER, current, publishing
@@ -44,6 +45,7 @@ class CeleryQueueAdapter(Adapter):
         self.executor = executor
         self.store = bridge.kind.store
         self.capabilities = Capabilities(cancel_running=bridge.kind.cancel_running)  # type: ignore[misc]
+        self._lean = LeanPublisher(bridge.app, own_router=bridge._route)
 
     def _record(self, jobs: list[Job], what: str) -> None:
         try:
@@ -54,6 +56,18 @@ class CeleryQueueAdapter(Adapter):
 
     def enqueue(self, job: Job) -> None:
         what = f"job {job.id} ({job.name})"
+        if self._kind.pushes_now and job.run_at is None and self._lean.usable(job):
+            # The message built here, pushed with the job's record in one command (Redis).
+            options = self._options(job)
+            args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
+            key, message = self._lean.envelope(
+                job, args, kwargs, options.get("headers", {}), options["priority"]
+            )
+            try:
+                self._kind.push_now(job, key, message)
+            except Exception as exc:  # the broker (the job store's server too) is down or hung
+                raise self._error(what, exc) from None
+            return
         together = self._kind.record_with_publish([job])
         if together is None:
             self._record([job], what)
@@ -129,7 +143,8 @@ class CeleryQueueAdapter(Adapter):
         with contextlib.suppress(Exception):
             self.store.forget_enqueued(jobs)
 
-    def _publish(self, job: Job, producer: Any = None) -> None:
+    def _options(self, job: Job) -> dict[str, Any]:
+        """``send_task``'s options for ``job``: priority, custom headers, retry."""
         options: dict[str, Any] = {"priority": self._kind.publish_priority(job.priority or 0)}
         worker_cls = self.executor.worker_class(job.name)
         headers: dict[str, Any] = {}
@@ -152,6 +167,10 @@ class CeleryQueueAdapter(Adapter):
             # Written in a transaction (a batch's, the caller's): a failed write has aborted
             # it, so trying again in it cannot succeed; the error is the first one.
             options["retry"] = False
+        return options
+
+    def _publish(self, job: Job, producer: Any = None) -> None:
+        options = self._options(job)
         self._bridge.app.send_task(
             job.name,
             args=json.loads(job.args_json),

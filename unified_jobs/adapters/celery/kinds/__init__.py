@@ -44,6 +44,9 @@ class QueueKind(ABC):
     #: written to the job store as a failed job (``unrunnable``): where nothing else keeps it
     #: (the SQL kinds keep the message's row, failed).
     records_unrunnable: ClassVar[bool] = False
+    #: Whether a job due now is enqueued by ``push_now`` (its message built by
+    #: ``lean_publish``, not Celery's ``send_task``), where the app's settings allow it.
+    pushes_now: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, workers: WorkersConfig) -> None:
         self.queue = queue
@@ -87,6 +90,11 @@ class QueueKind(ABC):
         """The SQLAlchemy connection of ``transaction`` if jobs can be written in it (the queue
         is that very database), else None: they are enqueued after it commits."""
         return None
+
+    def push_now(self, job: Job, list_key: str, message: str) -> None:
+        """Enqueue ``job`` (due now) with its store record and its ready-made ``message`` (as
+        kombu's transport pushes it to ``list_key``) in one command. Only where ``pushes_now``."""
+        raise NotImplementedError
 
     def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
         """A block in which the next publish also writes the job store's records of ``jobs``,

@@ -103,6 +103,18 @@ redis.call('ZADD', ARGV[9] .. 'processing:' .. queue, ARGV[8], ARGV[7])
 return n
 """
 
+# A job due now enqueued in one command: its record, its index entries and its message.
+# KEYS: 1 the record, 2 its queue's index of queued jobs, 3 QUEUES, 4 the message's list.
+# ARGV: 1 the record's TTL, 2 the enqueue time (epoch s), 3 the job's id, 4 its queue, 5 the
+# message, 6... the record's fields and values.
+_ENQUEUE = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[4])
+return redis.call('LPUSH', KEYS[4], ARGV[5])
+"""
+
 # An attempt ended (KEYS[1]: the job's record). ARGV: 1 id, 2 the new status, 3 now (ISO),
 # 4 now (epoch s), 5 '1' if there is an error, 6 its text, 7 its traceback, 8 the retry's run_at
 # (ISO), 9 keep_completed, 10 INDEX, 11 the failed set, 12 the cancel requests, 13 this minute's
@@ -225,6 +237,21 @@ def _dt(value: str | None) -> datetime | None:
     return aware(datetime.fromisoformat(value)) if value else None
 
 
+def _record_fields(job: Job, status: str) -> dict[str, Any]:
+    """A new record's fields (``status``: queued or scheduled)."""
+    return {
+        "worker": job.name,
+        "queue": job.queue,
+        "args": job.kwargs_json if job.args_json == "[]" else _both(job),
+        "status": status,
+        "attempts": 0,
+        "deliveries": 0,
+        "priority": "" if job.priority is None else job.priority,
+        "enqueued_at": _ts(job.enqueued_at),
+        "run_at": _ts(job.run_at),
+    }
+
+
 class RedisJobStore(RedisHeartbeats, JobStore):
     """``shares_broker``: the store is in the Redis kind's own broker database, where delayed
     messages wait in sorted sets that ``run_now`` can take a job's message from (the RabbitMQ
@@ -245,6 +272,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         self.shares_broker = shares_broker
         self.can_run_now = shares_broker
         self._start = self.client.register_script(_START)
+        self._enqueue = self.client.register_script(_ENQUEUE)
         self._outcome = self.client.register_script(_OUTCOME)
         self._cancel = self.client.register_script(_CANCEL)
         self._claim_unique = self.client.register_script(_CLAIM_UNIQUE)
@@ -313,20 +341,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
             waiting = job.run_at is not None and job.run_at > now
             ttl = WAITING_TTL + (int((job.run_at - now).total_seconds()) if waiting and job.run_at else 0)
             status = "scheduled" if waiting else "queued"
-            pipe.hset(
-                self.key(job.id),
-                mapping={
-                    "worker": job.name,
-                    "queue": job.queue,
-                    "args": job.kwargs_json if job.args_json == "[]" else _both(job),
-                    "status": status,
-                    "attempts": 0,
-                    "deliveries": 0,
-                    "priority": "" if job.priority is None else job.priority,
-                    "enqueued_at": _ts(job.enqueued_at),
-                    "run_at": _ts(job.run_at),
-                },
-            )
+            pipe.hset(self.key(job.id), mapping=_record_fields(job, status))
             pipe.expire(self.key(job.id), ttl)
             indexed.setdefault(f"{INDEX}{status}:{job.queue}", {})[job.id] = job.enqueued_at.timestamp()
             if waiting and job.run_at is not None:
@@ -336,6 +351,17 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         if due:
             pipe.zadd(DUE, due)
         pipe.sadd(QUEUES, *{job.queue for job in jobs})
+
+    def push_enqueued(self, client: Any, job: Job, list_key: str, message: str) -> None:
+        """Enqueue ``job`` (due now, no ``run_at``) with ``client`` (the broker's): its record,
+        its index entries and its ``message`` pushed to ``list_key``, in one command."""
+        flat = [v for pair in _record_fields(job, "queued").items() for v in pair]
+        keys = [self.key(job.id), f"{INDEX}queued:{job.queue}", QUEUES, list_key]
+        self._enqueue(
+            keys=keys,
+            args=[WAITING_TTL, job.enqueued_at.timestamp(), job.id, job.queue, message, *flat],
+            client=client,
+        )
 
     def forget_enqueued(self, jobs: Sequence[Job]) -> None:
         pipe = self.client.pipeline(transaction=False)
@@ -549,6 +575,7 @@ def _both(job: Job) -> str:
 class RedisKind(QueueKind):
     cancel_running = True
     records_unrunnable = True
+    pushes_now = True
 
     def broker_settings(self) -> dict[str, Any]:
         queue = self.queue
@@ -583,10 +610,22 @@ class RedisKind(QueueKind):
             "broker_transport_options": options,
         }
 
+    def push_now(self, job: Job, list_key: str, message: str) -> None:
+        store = self.store
+        assert isinstance(store, RedisJobStore)
+        store.push_enqueued(store.client, job, list_key, message)
+
     def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
         store = self.store
         assert isinstance(store, RedisJobStore)
-        return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs)))
+        (job,) = jobs if len(jobs) == 1 else (None,)
+        push = None
+        if job is not None and job.run_at is None:
+
+            def push(client: Any, list_key: str, message: str) -> None:
+                store.push_enqueued(client, job, list_key, message)
+
+        return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs), push))
 
     def publish_priority(self, priority: int) -> int:
         # kombu's Redis transport serves 0 first (and puts a message without a priority

@@ -114,12 +114,16 @@ return {moved, #more}
 
 class Rider:
     """Commands (``add(pipeline)``) to send with the next message put on this context, in its
-    transaction. ``pending`` until they were sent and the transaction succeeded."""
+    transaction; or, for a message due now, ``push(client, list_key, message)``: the commands
+    and the push in one (a script). ``pending`` until they were sent and succeeded."""
 
-    __slots__ = ("add", "pending")
+    __slots__ = ("add", "pending", "push")
 
-    def __init__(self, add: Callable[[Any], None]) -> None:
+    def __init__(
+        self, add: Callable[[Any], None], push: Callable[[Any, str, str], None] | None = None
+    ) -> None:
         self.add = add
+        self.push = push
         self.pending = True
 
 
@@ -317,9 +321,15 @@ class DelayedMixin:
         set) in one MULTI/EXEC."""
         channel: Any = self
         pri = channel._get_message_priority(message, reverse=False)
+        now = due is None or due - time.time() <= IMMEDIATE
+        if now and rider.push is not None:
+            with channel.conn_or_acquire() as client:
+                rider.push(client, channel._q_for_pri(queue, pri), dumps(message))
+            rider.pending = False
+            return
         with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
             rider.add(pipe)
-            if due is None or due - time.time() <= IMMEDIATE:
+            if now:
                 pipe.lpush(channel._q_for_pri(queue, pri), dumps(message))
             else:
                 member = f"{channel._q_for_pri(queue, pri)}{SEP}{dumps(message)}"

@@ -1,0 +1,144 @@
+"""A Worker job's message, built as Celery's ``send_task`` and kombu's ``Producer.publish`` build
+it, without their per-call machinery (routing, option merging, the producer pool, ``ensure``,
+the queue declaration): the Redis kind pushes it with the job's record in one command.
+
+The message is Celery's own: its headers, properties and body come from
+``app.amqp.as_task_v2``, the function ``send_task`` calls, with what ``send_task`` passes it
+(the task's time limits, the thread's reply queue, the parent and root of a job enqueued from a
+task). The envelope is kombu's virtual transport's (``prepare_message`` and what
+``basic_publish`` adds). ``tests/integration/test_lean_publish.py`` compares the two, field by
+field, with what ``send_task`` pushes for the same jobs.
+
+Used only where nothing in the app's configuration could make Celery publish the message
+differently (``usable``): otherwise, ``send_task`` as before.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from typing import Any
+
+from celery import signals
+from kombu.serialization import dumps as _serialize
+from kombu.transport import redis as kombu_redis
+from kombu.utils.json import dumps as _json_dumps
+
+from unified_jobs.core.job import Job
+
+__all__ = ["LeanPublisher"]
+
+serialize: Any = _serialize
+json_dumps: Any = _json_dumps
+
+#: Task options a Worker's Celery task may carry that this builder handles; any other
+#: (``Task._get_exec_options``: a queue, exchange, priority, expires... of the task's own)
+#: leaves the message to ``send_task``.
+_HANDLED_OPTIONS = frozenset({"serializer", "time_limit", "soft_time_limit"})
+#: Settings that change how Celery publishes, at these values: the lean path is the same.
+_PLAIN_SETTINGS = {
+    "task_send_sent_event": False,
+    "task_routes": None,
+    "task_compression": None,
+    "task_serializer": "json",
+    "task_protocol": 2,
+    "task_inherit_parent_priority": False,
+}
+
+
+class LeanPublisher:
+    """Builds a Worker job's message for the Redis kind's list (``envelope``)."""
+
+    def __init__(self, app: Any, own_router: Any = None) -> None:
+        self.app = app
+        #: The bridge's router (a Worker to its queue): the queue is given explicitly here.
+        self.own_router = own_router
+        self._usable: dict[tuple[str, str], bool] = {}
+
+    def usable(self, job: Job) -> bool:
+        """Whether ``send_task`` would publish ``job`` as ``envelope`` builds it."""
+        # Anyone listening to the publish (``before_task_publish`` may change the message).
+        if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
+            return False
+        key = (job.name, job.queue)
+        known = self._usable.get(key)
+        if known is None:  # the settings are read once a worker and queue (they are slow to read)
+            known = self._usable[key] = self._settings_allow(job)
+        return known
+
+    def _settings_allow(self, job: Job) -> bool:
+        app = self.app
+        conf = app.conf
+        for key, value in _PLAIN_SETTINGS.items():
+            setting = conf.get(key)
+            if key == "task_routes" and setting and all(r == self.own_router for r in setting):
+                continue
+            if setting != value and not (value is None and not setting):
+                return False
+        options = app.conf.broker_transport_options or {}
+        if options.get("global_keyprefix"):
+            return False
+        task = app.tasks.get(job.name)
+        if task is None:
+            return False
+        exec_options = {k: v for k, v in task._get_exec_options().items() if v is not None}
+        if set(exec_options) - _HANDLED_OPTIONS or exec_options.get("serializer", "json") != "json":
+            return False
+        queue = app.amqp.queues.get(job.queue)
+        return queue is None or getattr(queue.exchange, "type", "direct") == "direct"
+
+    def envelope(
+        self, job: Job, args: list[Any], kwargs: dict[str, Any], headers: dict[str, Any], priority: int
+    ) -> tuple[str, str]:
+        """(the list key, the message as kombu's Redis transport pushes it) for ``job``, due
+        now, at the broker's ``priority``."""
+        app = self.app
+        task = app.tasks[job.name]
+        root_id = parent_id = None
+        parent = app.current_worker_task
+        if parent:
+            root_id = parent.request.root_id or parent.request.id
+            parent_id = parent.request.id
+        headers2, properties, body, _ = app.amqp.as_task_v2(
+            job.id,
+            job.name,
+            args,
+            kwargs,
+            reply_to=app.thread_oid,
+            time_limit=getattr(task, "time_limit", None),
+            soft_time_limit=getattr(task, "soft_time_limit", None),
+            root_id=root_id,
+            parent_id=parent_id,
+            ignore_result=None,  # send_task passes the option's, None unless given
+        )
+        if headers:
+            headers2.update(headers)
+        content_type, content_encoding, data = serialize(body, serializer="json")
+        if isinstance(data, str):
+            data = data.encode(content_encoding)
+        queue = app.amqp.queues.get(job.queue)
+        mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
+        message = {
+            "body": base64.b64encode(data).decode("ascii"),
+            "content-encoding": content_encoding,
+            "content-type": content_type,
+            "headers": headers2,
+            "properties": {
+                **properties,
+                "delivery_mode": mode or _delivery_mode(app.conf.task_default_delivery_mode),
+                "delivery_info": {"exchange": "", "routing_key": job.queue},
+                "priority": priority,
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        sep = kombu_redis.Channel.sep
+        key = f"{job.queue}{sep}{priority}" if priority else job.queue
+        return key, json_dumps(message)
+
+
+def _delivery_mode(mode: Any) -> int:
+    """kombu's delivery mode number (2: persistent, 1: transient) of a setting's value."""
+    if isinstance(mode, int):
+        return mode
+    return 1 if str(mode).lower() == "transient" else 2
