@@ -129,3 +129,14 @@ def test_a_publish_signal_receiver_sees_the_job_through_send_task(app: tuple[Job
     (message,) = _pushed(client)
     assert message["headers"]["from_receiver"] == "yes"
     assert jobs.status(handle.id) == "queued"
+
+
+def test_a_batch_pushes_the_messages_send_task_pushes_with_their_records(app: tuple[Jobs, Any]) -> None:
+    jobs, client = app
+    handles = Echo.perform_all_later([{"n": 1}, {"n": 2}])
+    lean = _pushed(client)
+    assert [jobs.status(h.id) for h in handles] == ["queued", "queued"]
+    client.flushdb()
+    for n in (1, 2):
+        _through_send_task(jobs, Echo, {"n": n})
+    assert lean == _pushed(client)

@@ -56,13 +56,9 @@ class CeleryQueueAdapter(Adapter):
 
     def enqueue(self, job: Job) -> None:
         what = f"job {job.id} ({job.name})"
-        if self._kind.pushes_now and job.run_at is None and self._lean.usable(job):
+        if self._leans([job]):
             # The message built here, pushed with the job's record in one command (Redis).
-            options = self._options(job)
-            args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
-            key, message = self._lean.envelope(
-                job, args, kwargs, options.get("headers", {}), options["priority"]
-            )
+            key, message = self._lean_message(job)
             try:
                 self._kind.push_now(job, key, message)
             except Exception as exc:  # the broker (the job store's server too) is down or hung
@@ -84,7 +80,26 @@ class CeleryQueueAdapter(Adapter):
             self._forget([job], exc)
             raise self._error(what, exc) from None
 
+    def _leans(self, jobs: list[Job]) -> bool:
+        """Whether ``jobs`` (due now) go to the kind's ``push_now``/``push_many`` with messages
+        built by ``lean_publish``, not through ``send_task``."""
+        kind, lean = self._kind, self._lean
+        return kind.pushes_now and all(job.run_at is None and lean.usable(job) for job in jobs)
+
+    def _lean_message(self, job: Job) -> tuple[str, str]:
+        options = self._options(job)
+        args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
+        return self._lean.envelope(job, args, kwargs, options.get("headers", {}), options["priority"])
+
     def enqueue_many(self, jobs: list[Job]) -> None:
+        if self._leans(jobs):
+            # Every record and message in one MULTI/EXEC (Redis): all of them or none.
+            messages = [self._lean_message(job) for job in jobs]
+            try:
+                self._kind.push_many(jobs, messages)
+            except Exception as exc:  # the broker (the job store's server too) is down, hung or full
+                raise self._error(f"{len(jobs)} jobs", exc) from None
+            return
         app = self._bridge.app
         self._record(jobs, f"{len(jobs)} jobs")
         try:

@@ -96,6 +96,11 @@ class QueueKind(ABC):
         kombu's transport pushes it to ``list_key``) in one command. Only where ``pushes_now``."""
         raise NotImplementedError
 
+    def push_many(self, jobs: list[Job], messages: list[tuple[str, str]]) -> None:
+        """``push_now`` for a batch, all or nothing: ``messages`` holds each job's (list key,
+        message). Only where ``pushes_now``."""
+        raise NotImplementedError
+
     def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
         """A block in which the next publish also writes the job store's records of ``jobs``,
         in the same transaction (one round trip), where the store lives in the broker; None

@@ -363,6 +363,15 @@ class RedisJobStore(RedisHeartbeats, JobStore):
             client=client,
         )
 
+    def push_enqueued_many(self, jobs: Sequence[Job], messages: Sequence[tuple[str, str]]) -> None:
+        """``push_enqueued`` for a batch: every record and message in one MULTI/EXEC, so that a
+        batch Redis refuses (out of memory) leaves nothing."""
+        pipe = self.client.pipeline(transaction=True)
+        self.add_enqueued(pipe, jobs)
+        for list_key, message in messages:
+            pipe.lpush(list_key, message)
+        pipe.execute()
+
     def forget_enqueued(self, jobs: Sequence[Job]) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.delete(*(self.key(j.id) for j in jobs))
@@ -614,6 +623,11 @@ class RedisKind(QueueKind):
         store = self.store
         assert isinstance(store, RedisJobStore)
         store.push_enqueued(store.client, job, list_key, message)
+
+    def push_many(self, jobs: list[Job], messages: list[tuple[str, str]]) -> None:
+        store = self.store
+        assert isinstance(store, RedisJobStore)
+        store.push_enqueued_many(jobs, messages)
 
     def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
         store = self.store
