@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,67 @@ def test_a_batch_pushes_the_messages_send_task_pushes_with_their_records(app: tu
     for n in (1, 2):
         _through_send_task(jobs, Echo, {"n": n})
     assert lean == _pushed(client)
+
+
+def _at(value: Any) -> float:
+    """A run_at column's value (a datetime, or SQLite's text) in epoch seconds."""
+    when = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _rows(engine: Any) -> list[dict[str, Any]]:
+    """The SQL queue's rows, oldest first, each payload decoded with its per-job fields out."""
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT queue, task_name, priority, run_at, payload FROM unified_jobs_jobs ORDER BY id")
+        ).mappings()
+        found = []
+        for row in rows:
+            message = json.loads(row["payload"])
+            message["body"] = json.loads(base64.b64decode(message["body"]))
+            for part in (message["headers"], message["properties"]):
+                for field in PER_JOB & set(part):
+                    part[field] = "-"
+            # Due later: an eta, and the row's run_at from it (times differ from run to run).
+            eta = message["headers"]["eta"]
+            assert (eta is None) == (abs(_at(row["run_at"]) - time.time()) < 60)
+            message["headers"]["eta"] = eta is not None
+            found.append({**row, "payload": message, "run_at": None})
+        return found
+
+
+def test_a_sql_batch_is_one_insert_of_the_rows_send_task_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite file: ``perform_all_later`` inserts every row in one statement, each row the one
+    ``send_task`` writes (a job due later too: its ``eta`` and ``run_at``)."""
+    import sqlalchemy as sa
+
+    uri = f"sqlite:///{tmp_path / 'jobs.db'}"
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Sqlite", "uri": uri}}
+    jobs = create_app(config, str(tmp_path / "record.jsonl"))
+    engine = sa.create_engine(uri)
+    from unified_jobs.adapters.sql.channel import Channel
+
+    inserts: list[int] = []
+    put_many = Channel.put_many
+    counted = lambda self, m, c: inserts.append(len(m)) or put_many(self, m, c)  # noqa: E731
+    monkeypatch.setattr(Channel, "put_many", counted)
+    try:
+        batches = [[{"n": 1}, {"n": 2}], [{"n": 3}]]
+        Echo.perform_all_later(batches[0])
+        Mail.perform_all_later(batches[1], priority=4, wait=timedelta(hours=1))
+        assert inserts == [2, 1]
+        lean = _rows(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM unified_jobs_jobs"))
+        monkeypatch.setattr(jobs._adapter._lean, "usable", lambda job: False)  # type: ignore[attr-defined]
+        Echo.perform_all_later(batches[0])
+        Mail.perform_all_later(batches[1], priority=4, wait=timedelta(hours=1))
+        assert len(lean) == 3 and [r["payload"]["headers"]["eta"] for r in lean] == [False, False, True]
+        assert lean == _rows(engine)
+    finally:
+        engine.dispose()
+        jobs.shutdown()

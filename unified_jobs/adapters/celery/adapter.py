@@ -91,6 +91,11 @@ class CeleryQueueAdapter(Adapter):
         args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
         return self._lean.envelope(job, args, kwargs, options.get("headers", {}), options["priority"])
 
+    def _sql_message(self, job: Job) -> dict[str, Any]:
+        options = self._options(job)
+        args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
+        return self._lean.message(job, args, kwargs, options.get("headers", {}), options["priority"])
+
     def enqueue_many(self, jobs: list[Job]) -> None:
         if self._leans(jobs):
             # Every record and message in one MULTI/EXEC (Redis): all of them or none.
@@ -111,6 +116,13 @@ class CeleryQueueAdapter(Adapter):
                 self._kind.batch_transaction(producer) as connection,
             ):
                 if connection is not None:  # SQL: every row in one transaction
+                    put_many = getattr(producer.channel, "put_many", None)
+                    lean = self._lean
+                    if put_many is not None and all(
+                        job.unique_key is None and lean.usable(job) for job in jobs
+                    ):  # every row in one INSERT statement, the messages built here
+                        put_many([(job.queue, self._sql_message(job)) for job in jobs], connection)
+                        return
                     with publishing(connection):
                         for job in jobs:
                             self._publish(job, producer)

@@ -1,6 +1,7 @@
 """A Worker job's message, built as Celery's ``send_task`` and kombu's ``Producer.publish`` build
 it, without their per-call machinery (routing, option merging, the producer pool, ``ensure``,
-the queue declaration): the Redis kind pushes it with the job's record in one command.
+the queue declaration): the Redis kind pushes it with the job's record in one command, and the
+SQL kinds insert a batch's rows in one statement.
 
 The message is Celery's own: its headers, properties and body come from
 ``app.amqp.as_task_v2``, the function ``send_task`` calls, with what ``send_task`` passes it
@@ -92,6 +93,16 @@ class LeanPublisher:
     ) -> tuple[str, str]:
         """(the list key, the message as kombu's Redis transport pushes it) for ``job``, due
         now, at the broker's ``priority``."""
+        message = self.message(job, args, kwargs, headers, priority)
+        sep = kombu_redis.Channel.sep
+        key = f"{job.queue}{sep}{priority}" if priority else job.queue
+        return key, json_dumps(message)
+
+    def message(
+        self, job: Job, args: list[Any], kwargs: dict[str, Any], headers: dict[str, Any], priority: int
+    ) -> dict[str, Any]:
+        """The message of ``job`` (due at its ``run_at``, or now) as kombu's virtual transports
+        hand it to their ``_put``."""
         app = self.app
         task = app.tasks[job.name]
         root_id = parent_id = None
@@ -104,6 +115,7 @@ class LeanPublisher:
             job.name,
             args,
             kwargs,
+            eta=job.run_at,
             reply_to=app.thread_oid,
             time_limit=getattr(task, "time_limit", None),
             soft_time_limit=getattr(task, "soft_time_limit", None),
@@ -118,7 +130,7 @@ class LeanPublisher:
             data = data.encode(content_encoding)
         queue = app.amqp.queues.get(job.queue)
         mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
-        message = {
+        return {
             "body": base64.b64encode(data).decode("ascii"),
             "content-encoding": content_encoding,
             "content-type": content_type,
@@ -132,9 +144,6 @@ class LeanPublisher:
                 "delivery_tag": str(uuid.uuid4()),
             },
         }
-        sep = kombu_redis.Channel.sep
-        key = f"{job.queue}{sep}{priority}" if priority else job.queue
-        return key, json_dumps(message)
 
 
 def _delivery_mode(mode: Any) -> int:

@@ -178,6 +178,28 @@ class Channel(ControlChannel):
             return
         poke_local(self.connection.local_key)
 
+    def put_many(self, messages: list[tuple[str, dict[str, Any]]], connection: Any) -> None:
+        """``_put`` for a batch of job messages without unique keys, each (queue, message): one
+        INSERT statement for all the rows, in ``connection``'s transaction."""
+        now = utcnow()
+        rows = []
+        for queue, message in messages:
+            props = message.get("properties") or {}
+            headers = message.get("headers") or {}
+            rows.append(
+                {
+                    "queue": queue,
+                    "task_name": _text(headers.get("task")),
+                    "task_id": _text(headers.get("id") or props.get("correlation_id")),
+                    "payload": json.dumps(message),
+                    "priority": _priority(props.get("priority")),
+                    "run_at": _run_at(headers.get("eta"), now),
+                    "now": now,
+                }
+            )
+        self.leases.enqueue_many(rows, connection)
+        poke_local(self.connection.local_key)
+
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         if self.broadcast.declared_control(queue) is not None:
             for message, _ in self._take_control([queue], 1):

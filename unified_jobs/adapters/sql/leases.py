@@ -236,6 +236,11 @@ class Leases:
         with self.engine.begin() as conn:
             return self._insert(conn, params, unique_key, unique_until, refuse)
 
+    def enqueue_many(self, rows: list[dict[str, Any]], connection: Connection) -> None:
+        """Insert ``queued`` rows without unique keys (``enqueue``'s parameters each) in one
+        statement, in ``connection``'s transaction."""
+        connection.execute(self.q.enqueue, rows)
+
     def _insert(
         self, conn: Connection, params: dict[str, Any], key: str | None, until: datetime | None, refuse: bool
     ) -> str | None:
