@@ -55,6 +55,7 @@ class LeanPublisher:
         #: The bridge's router (a Worker to its queue): the queue is given explicitly here.
         self.own_router = own_router
         self._usable: dict[tuple[str, str], bool] = {}
+        self._modes: dict[str, int] = {}  # a queue's delivery mode
 
     def usable(self, job: Job) -> bool:
         """Whether ``send_task`` would publish ``job`` as ``envelope`` builds it."""
@@ -128,8 +129,11 @@ class LeanPublisher:
         content_type, content_encoding, data = serialize(body, serializer="json")
         if isinstance(data, str):
             data = data.encode(content_encoding)
-        queue = app.amqp.queues.get(job.queue)
-        mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
+        mode = self._modes.get(job.queue)
+        if mode is None:
+            queue = app.amqp.queues.get(job.queue)
+            mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
+            mode = self._modes[job.queue] = mode or _delivery_mode(app.conf.task_default_delivery_mode)
         return {
             "body": base64.b64encode(data).decode("ascii"),
             "content-encoding": content_encoding,
@@ -137,7 +141,7 @@ class LeanPublisher:
             "headers": headers2,
             "properties": {
                 **properties,
-                "delivery_mode": mode or _delivery_mode(app.conf.task_default_delivery_mode),
+                "delivery_mode": mode,
                 "delivery_info": {"exchange": "", "routing_key": job.queue},
                 "priority": priority,
                 "body_encoding": "base64",
