@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pytest
 
 from tests.conftest import IN_CI
 from tests.contract.contract_app import Sleep, create_app
+from tests.faults.restarts import after_restart
 from tests.procs import PrivateRabbitMQ, PrivateRedis, WorkerPool, read_records, wait_until
 
 pytestmark = pytest.mark.timeout(240)
@@ -75,21 +75,12 @@ def test_a_restart_mid_drain_loses_nothing(
         time.sleep(2.0)
         rabbit.start()
         back_at = time.time()
-        everything = set(ids)
-        done = lambda: {r["job"] for r in events("sleep_end")} >= everything  # noqa: E731
-        wait_until(done, 90)  # what is still missing then counts as lost
-        time.sleep(1.0)
-        starts = Counter(str(r["job"]) for r in events("sleep_start"))
-        ended = {r["job"] for r in events("sleep_end")}
-        lost = sum(1 for i in ids if i not in ended)
-        twice = sum(1 for i in ids if starts[i] > 1)
-        after = [float(str(r["at"])) for r in events("sleep_start") if float(str(r["at"])) >= back_at]
-        recovery = min(after) - back_at if after else None
+        outcome = after_restart(record, ids, back_at, 90)
+        lost, twice = len(outcome.lost), len(outcome.twice)
+        recovery = outcome.recovery
         fault_row("RabbitMQ restart mid-drain (down about 10 s)", "RabbitMQ", lost, twice, recovery)
         details = "\n".join(w.output()[-3000:] for w in pool.started)
-        details += (
-            f"\nlost: {[i for i in ids if i not in ended]}\nrun twice: {[i for i in ids if starts[i] > 1]}"
-        )
+        details += f"\nlost: {outcome.lost}\nrun twice: {outcome.twice}"
         assert lost == 0, details
         assert twice == 0, details
         assert all(w.proc.poll() is None for w in pool.started), f"a worker exited\n{details}"

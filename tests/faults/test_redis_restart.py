@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.contract.contract_app import Sleep, create_app
+from tests.faults.restarts import after_restart
 from tests.procs import PrivateRedis, WorkerPool, read_records, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -70,20 +70,12 @@ def test_a_restart_mid_drain_loses_nothing(tmp_path: Path, fault_row: Callable[.
         time.sleep(2.0)
         redis.start()
         back_at = time.time()
-        everything = set(ids)
-        done = lambda: {r["job"] for r in events("sleep_end")} >= everything  # noqa: E731
-        wait_until(done, VISIBILITY * 6)  # what is still missing then counts as lost
-        time.sleep(1.0)
-        starts = Counter(str(r["job"]) for r in events("sleep_start"))
-        ended = {r["job"] for r in events("sleep_end")}
-        lost = sum(1 for i in ids if i not in ended)
-        twice = sum(1 for i in ids if starts[i] > 1)
-        after = [float(str(r["at"])) for r in events("sleep_start") if float(str(r["at"])) >= back_at]
-        recovery = min(after) - back_at if after else None
+        outcome = after_restart(record, ids, back_at, VISIBILITY * 6)
+        lost, twice = len(outcome.lost), len(outcome.twice)
+        recovery = outcome.recovery
         fault_row("Redis restart mid-drain (down 2 s)", "Redis", lost, twice, recovery)
-        missing = [i for i in ids if i not in ended]
         details = "\n".join(w.output()[-3000:] for w in pool.started)
-        details += "\n" + _where(redis.url, missing) + f"\nrun twice: {[i for i in ids if starts[i] > 1]}"
+        details += "\n" + _where(redis.url, outcome.lost) + f"\nrun twice: {outcome.twice}"
         assert lost == 0, details
         assert twice <= HELD * len(pool.started), details
     finally:
