@@ -64,6 +64,15 @@ class CeleryQueueAdapter(Adapter):
             except Exception as exc:  # the broker (the job store's server too) is down or hung
                 raise self._error(what, exc) from None
             return
+        if (
+            job.unique_key is None
+            and current() is None
+            and self._kind.inserts_batches
+            and self._lean.usable(job)
+        ):
+            # SQL: the row written as a batch's are, its message built here (not send_task).
+            self._enqueue_batch([job], what)
+            return
         together = self._kind.record_with_publish([job])
         if together is None:
             self._record([job], what)
@@ -97,16 +106,24 @@ class CeleryQueueAdapter(Adapter):
         return self._lean.message(job, args, kwargs, options.get("headers", {}), options["priority"])
 
     def enqueue_many(self, jobs: list[Job]) -> None:
+        self._enqueue_batch(jobs, f"{len(jobs)} jobs")
+
+    def _enqueue_batch(self, jobs: list[Job], what: str) -> None:
         if self._leans(jobs):
             # Every record and message in one MULTI/EXEC (Redis): all of them or none.
             messages = [self._lean_message(job) for job in jobs]
             try:
                 self._kind.push_many(jobs, messages)
             except Exception as exc:  # the broker (the job store's server too) is down, hung or full
-                raise self._error(f"{len(jobs)} jobs", exc) from None
+                raise self._error(what, exc) from None
             return
         app = self._bridge.app
-        self._record(jobs, f"{len(jobs)} jobs")
+        self._record(jobs, what)
+        lean = self._lean
+        # SQL: every row in one INSERT statement, the messages built here.
+        one_insert = self._kind.inserts_batches and all(
+            job.unique_key is None and lean.usable(job) for job in jobs
+        )
         try:
             # bounded(): a hung server ends the batch at its first timeout, here too (where
             # the producer's channel connects, before any publish).
@@ -116,12 +133,9 @@ class CeleryQueueAdapter(Adapter):
                 self._kind.batch_transaction(producer) as connection,
             ):
                 if connection is not None:  # SQL: every row in one transaction
-                    put_many = getattr(producer.channel, "put_many", None)
-                    lean = self._lean
-                    if put_many is not None and all(
-                        job.unique_key is None and lean.usable(job) for job in jobs
-                    ):  # every row in one INSERT statement, the messages built here
-                        put_many([(job.queue, self._sql_message(job)) for job in jobs], connection)
+                    if one_insert:
+                        rows = [(job.queue, self._sql_message(job)) for job in jobs]
+                        producer.channel.put_many(rows, connection)
                         return
                     with publishing(connection):
                         for job in jobs:
@@ -133,7 +147,7 @@ class CeleryQueueAdapter(Adapter):
                         self._publish(job, producer)
         except (OperationalError, OSError, BatchPublishError) as exc:
             self._forget(jobs, exc)
-            raise self._error(f"{len(jobs)} jobs", exc) from None
+            raise self._error(what, exc) from None
 
     def enqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
         if not self._kind.unique_in_transport:

@@ -47,6 +47,9 @@ class QueueKind(ABC):
     #: Whether a job due now is enqueued by ``push_now`` (its message built by
     #: ``lean_publish``, not Celery's ``send_task``), where the app's settings allow it.
     pushes_now: ClassVar[bool] = False
+    #: Whether a batch's rows go in one statement (``put_many`` of the SQL channel), which a
+    #: single job without a unique key takes too, its message built by ``lean_publish``.
+    inserts_batches: ClassVar[bool] = False
 
     def __init__(self, queue: QueueConfig, workers: WorkersConfig) -> None:
         self.queue = queue

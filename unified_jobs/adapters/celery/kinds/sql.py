@@ -323,6 +323,7 @@ def _body(message: dict[str, Any]) -> str:
 class SqlKind(QueueKind):
     cancel_running = True
     unique_in_transport = True
+    inserts_batches = True
 
     @property
     def db_uri(self) -> str:
