@@ -96,11 +96,11 @@ class CeleryQueueAdapter(Adapter):
         return kind.pushes_now and all(job.run_at is None and lean.usable(job) for job in jobs)
 
     def _lean_message(self, job: Job) -> tuple[str, str]:
-        options = self._options(job)
-        args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
-        return self._lean.envelope(job, args, kwargs, options.get("headers", {}), options["priority"])
+        """(list key, text) of ``job``'s message on Redis."""
+        return self._lean.envelope(job.queue, self._message(job))
 
-    def _sql_message(self, job: Job) -> dict[str, Any]:
+    def _message(self, job: Job) -> dict[str, Any]:
+        """``job``'s message, built by ``lean_publish`` with ``send_task``'s options."""
         options = self._options(job)
         args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
         return self._lean.message(job, args, kwargs, options.get("headers", {}), options["priority"])
@@ -134,7 +134,7 @@ class CeleryQueueAdapter(Adapter):
             ):
                 if connection is not None:  # SQL: every row in one transaction
                     if one_insert:
-                        rows = [(job.queue, self._sql_message(job)) for job in jobs]
+                        rows = [(job.queue, self._message(job)) for job in jobs]
                         producer.channel.put_many(rows, connection)
                         return
                     with publishing(connection):

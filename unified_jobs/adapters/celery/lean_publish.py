@@ -89,14 +89,12 @@ class LeanPublisher:
         queue = app.amqp.queues.get(job.queue)
         return queue is None or getattr(queue.exchange, "type", "direct") == "direct"
 
-    def envelope(
-        self, job: Job, args: list[Any], kwargs: dict[str, Any], headers: dict[str, Any], priority: int
-    ) -> tuple[str, str]:
-        """(the list key, the message as kombu's Redis transport pushes it) for ``job``, due
-        now, at the broker's ``priority``."""
-        message = self.message(job, args, kwargs, headers, priority)
-        sep = kombu_redis.Channel.sep
-        key = f"{job.queue}{sep}{priority}" if priority else job.queue
+    @staticmethod
+    def envelope(queue: str, message: dict[str, Any]) -> tuple[str, str]:
+        """(the list key, the text) of ``message`` (of ``message()``) as kombu's Redis
+        transport pushes it to ``queue``, its priority included."""
+        priority = message["properties"]["priority"]
+        key = f"{queue}{kombu_redis.Channel.sep}{priority}" if priority else queue
         return key, json_dumps(message)
 
     def message(

@@ -352,15 +352,14 @@ class RedisJobStore(RedisHeartbeats, JobStore):
             pipe.zadd(DUE, due)
         pipe.sadd(QUEUES, *{job.queue for job in jobs})
 
-    def push_enqueued(self, client: Any, job: Job, list_key: str, message: str) -> None:
-        """Enqueue ``job`` (due now, no ``run_at``) with ``client`` (the broker's): its record,
-        its index entries and its ``message`` pushed to ``list_key``, in one command."""
+    def push_enqueued(self, job: Job, list_key: str, message: str) -> None:
+        """Enqueue ``job`` (due now, no ``run_at``): its record, its index entries and its
+        ``message`` pushed to ``list_key``, in one command."""
         flat = [v for pair in _record_fields(job, "queued").items() for v in pair]
         keys = [self.key(job.id), f"{INDEX}queued:{job.queue}", QUEUES, list_key]
         self._enqueue(
             keys=keys,
             args=[WAITING_TTL, job.enqueued_at.timestamp(), job.id, job.queue, message, *flat],
-            client=client,
         )
 
     def push_enqueued_many(self, jobs: Sequence[Job], messages: Sequence[tuple[str, str]]) -> None:
@@ -622,7 +621,7 @@ class RedisKind(QueueKind):
     def push_now(self, job: Job, list_key: str, message: str) -> None:
         store = self.store
         assert isinstance(store, RedisJobStore)
-        store.push_enqueued(store.client, job, list_key, message)
+        store.push_enqueued(job, list_key, message)
 
     def push_many(self, jobs: list[Job], messages: list[tuple[str, str]]) -> None:
         store = self.store
@@ -632,14 +631,7 @@ class RedisKind(QueueKind):
     def record_with_publish(self, jobs: list[Job]) -> AbstractContextManager[Any] | None:
         store = self.store
         assert isinstance(store, RedisJobStore)
-        (job,) = jobs if len(jobs) == 1 else (None,)
-        push = None
-        if job is not None and job.run_at is None:
-
-            def push(client: Any, list_key: str, message: str) -> None:
-                store.push_enqueued(client, job, list_key, message)
-
-        return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs), push))
+        return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs)))
 
     def publish_priority(self, priority: int) -> int:
         # kombu's Redis transport serves 0 first (and puts a message without a priority

@@ -114,16 +114,12 @@ return {moved, #more}
 
 class Rider:
     """Commands (``add(pipeline)``) to send with the next message put on this context, in its
-    transaction; or, for a message due now, ``push(client, list_key, message)``: the commands
-    and the push in one (a script). ``pending`` until they were sent and succeeded."""
+    transaction. ``pending`` until they were sent and the transaction succeeded."""
 
-    __slots__ = ("add", "pending", "push")
+    __slots__ = ("add", "pending")
 
-    def __init__(
-        self, add: Callable[[Any], None], push: Callable[[Any, str, str], None] | None = None
-    ) -> None:
+    def __init__(self, add: Callable[[Any], None]) -> None:
         self.add = add
-        self.push = push
         self.pending = True
 
 
@@ -321,15 +317,9 @@ class DelayedMixin:
         set) in one MULTI/EXEC."""
         channel: Any = self
         pri = channel._get_message_priority(message, reverse=False)
-        now = due is None or due - time.time() <= IMMEDIATE
-        if now and rider.push is not None:
-            with channel.conn_or_acquire() as client:
-                rider.push(client, channel._q_for_pri(queue, pri), dumps(message))
-            rider.pending = False
-            return
         with channel.conn_or_acquire() as client, client.pipeline(transaction=True) as pipe:
             rider.add(pipe)
-            if now:
+            if due is None or due - time.time() <= IMMEDIATE:
                 pipe.lpush(channel._q_for_pri(queue, pri), dumps(message))
             else:
                 member = f"{channel._q_for_pri(queue, pri)}{SEP}{dumps(message)}"
