@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -268,7 +269,7 @@ class CeleryBridge:
             # run again. Handed back as a result, not by letting the SystemExit end the process,
             # whose exit the threaded pool's cleanup can then wait on for good.
             raise draining.HandedBack("the worker is stopping: ended by a cold stop") from outcome.error
-        if store is not None:
+        if store is not None and outcome.kind != "retry":  # a retry's: with its next message
             store.record_outcome(job, outcome)
         if outcome.kind == "succeeded":
             value = outcome.value
@@ -293,17 +294,26 @@ class CeleryBridge:
                 outcome.delay,
                 outcome.error_text,
             )
-            raise task.retry(
-                exc=error if isinstance(error, Exception) else None,
-                eta=outcome.retry_at,
-                max_retries=None,
-                # Celery would replace the request's own custom headers (tags, unique key).
-                headers={
-                    **(task.request.headers or {}),
-                    ERROR_HEADER: outcome.error_text,
-                    ERROR_CLASS_HEADER: outcome.error_class,
-                },
-            )
+            together = self.kind.record_outcome_with_publish(job, outcome) if self.kind is not None else None
+            rider = None
+            try:
+                with together if together is not None else nullcontext() as rider:
+                    raise task.retry(
+                        exc=error if isinstance(error, Exception) else None,
+                        eta=outcome.retry_at,
+                        max_retries=None,
+                        # Celery would replace the request's own custom headers (tags, unique key).
+                        headers={
+                            **(task.request.headers or {}),
+                            ERROR_HEADER: outcome.error_text,
+                            ERROR_CLASS_HEADER: outcome.error_class,
+                        },
+                    )
+            finally:
+                # Not written with the next attempt's message (no such transaction on this
+                # kind, or the publish failed): on its own, after it.
+                if store is not None and (rider is None or rider.pending):
+                    store.record_outcome(job, outcome)
         if not isinstance(error, Exception):  # a job's SystemExit must not end the pool process
             raise _marked(JobError(outcome.error_text), outcome.error_class) from error
         raise error

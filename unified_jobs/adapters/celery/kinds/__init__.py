@@ -15,6 +15,7 @@ from unified_jobs._faults import fault_in
 if TYPE_CHECKING:
     from unified_jobs.config import QueueConfig, WorkersConfig
     from unified_jobs.core.job import Job
+    from unified_jobs.core.outcome import Outcome
     from unified_jobs.core.store import JobStore
     from unified_jobs.scheduler.state import ScheduleState
 
@@ -109,6 +110,12 @@ class QueueKind(ABC):
         in the same transaction (one round trip), where the store lives in the broker; None
         (the default) where it does not: the records are written first, on their own. The
         block's value has ``pending``: true while the records are not written."""
+        return None
+
+    def record_outcome_with_publish(self, job: Job, outcome: Outcome) -> AbstractContextManager[Any] | None:
+        """``record_with_publish`` for an attempt's ``outcome`` whose publish is the next
+        attempt's message (a retry): a reader never sees the job ``retrying`` before its next
+        attempt's message is where ``run_now`` and the monitor look for it."""
         return None
 
     @contextmanager

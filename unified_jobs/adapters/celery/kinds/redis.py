@@ -409,6 +409,10 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         count, atomically and in one round trip."""
         self._outcome(keys=[self.key(job.id)], args=self.outcome_args(job, outcome, utcnow()))
 
+    def add_outcome(self, pipe: Any, job: Job, outcome: Outcome) -> None:
+        """``record_outcome``'s script, queued in ``pipe`` (which a caller executes)."""
+        self._outcome(keys=[self.key(job.id)], args=self.outcome_args(job, outcome, utcnow()), client=pipe)
+
     def outcome_args(self, job: Job, outcome: Outcome, now: datetime) -> list[Any]:
         """The ``_OUTCOME`` script's ARGV for ``outcome`` at ``now`` (also for bulk loads)."""
         epoch = now.timestamp()
@@ -632,6 +636,11 @@ class RedisKind(QueueKind):
         store = self.store
         assert isinstance(store, RedisJobStore)
         return riding(Rider(lambda pipe: store.add_enqueued(pipe, jobs)))
+
+    def record_outcome_with_publish(self, job: Job, outcome: Outcome) -> AbstractContextManager[Any] | None:
+        store = self.store
+        assert isinstance(store, RedisJobStore)
+        return riding(Rider(lambda pipe: store.add_outcome(pipe, job, outcome)))
 
     def publish_priority(self, priority: int) -> int:
         # kombu's Redis transport serves 0 first (and puts a message without a priority
