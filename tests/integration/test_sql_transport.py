@@ -458,3 +458,53 @@ def test_a_noted_failure_writes_the_error_class_and_a_lost_lease_clears_it(sqlq:
         assert conn.default_channel.leases.heartbeat() == 1
     (row,) = sqlq.rows()
     assert row.status == "queued" and row.last_error.startswith("lease expired") and row.error_class is None
+
+
+def test_sqlite_busy_is_not_an_outage_an_outcome_waits_and_reaping_is_not_held_back(tmp_path: Any) -> None:
+    """SQLite's lock held by another connection past the busy timeout: the outcome that met it
+    is kept and written once the lock is free, and the error is not taken for an outage (which
+    would postpone reaping by one lease each time: under steady contention, for good)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from unified_jobs.adapters.sql.engine import get_engine
+    from unified_jobs.adapters.sql.leases import Leases, is_busy, utcnow
+    from unified_jobs.adapters.sql.options import SqlOptions
+    from unified_jobs.adapters.sql.queries import queries_for
+    from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
+
+    path = tmp_path / "busy.db"
+    engine = get_engine(f"sqlite:///{path}", busy_timeout_sec=0.2)
+    tables = tables_for("uj_busy_")
+    ensure_schema_on(engine, tables)
+    queries, options = queries_for(tables, "sqlite"), SqlOptions(lease_sec=1.0)
+    leases, dead = Leases(engine, queries, options, "me"), Leases(engine, queries, options, "dead")
+    for n in range(2):
+        now = utcnow()
+        job: dict[str, Any] = {"task_name": "t", "task_id": f"j{n}", "priority": 0, "run_at": now, "now": now}
+        leases.enqueue(queue="q", payload="{}", **job)
+    (mine,) = leases.claim(["q"], 1)
+    tag = leases.hold(mine)
+    (theirs,) = dead.claim(["q"], 1)
+    dead.hold(theirs)
+    dead.forget_all()  # its owner dies: nobody renews j1's lease
+    time.sleep(1.1)  # j1's lease expired, and one lease since `leases` was made
+    blocker = sqlite3.connect(path, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        leases.settle(tag, "ack")
+        with pytest.raises(OperationalError) as busy:
+            leases.heartbeat()
+        assert is_busy(busy.value), busy.value
+        assert not leases.failing, "a busy database was taken for one that does not answer"
+        assert leases.holds_claims(), "the ack that met the lock was dropped"
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert leases.heartbeat() == 1, "reaping was held back after a lock, as after an outage"
+    assert not leases.holds_claims()
+    with engine.begin() as conn:
+        statuses = {r.task_id: r.status for r in conn.execute(select(tables.jobs.c.task_id, tables.jobs.c.status))}
+    assert statuses == {"j0": "completed", "j1": "queued"}
+    engine.dispose()

@@ -94,6 +94,20 @@ def claim_of(tag: object) -> Claim | None:
 #: outcome that meets one is kept and written later. Any other error is not going to pass.
 _UNAVAILABLE = (OperationalError, InterfaceError)
 
+#: sqlite3's result codes of a lock another connection holds (``SQLITE_BUSY``, ``SQLITE_LOCKED``).
+_SQLITE_BUSY_CODES = (5, 6)
+
+
+def is_busy(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's lock held past the busy timeout: the database answers, it is
+    only busy. Such an error is not an outage: other owners go on renewing their leases, so it
+    does not hold reaping back (else steady contention would postpone reaping for good)."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None:
+        return int(code) & 0xFF in _SQLITE_BUSY_CODES
+    return isinstance(exc, OperationalError) and "database is locked" in str(orig)
+
 
 #: The ``Leases`` made in this process (a forked child starts without its parent's).
 _here: weakref.WeakSet[Leases] = weakref.WeakSet()
@@ -157,8 +171,10 @@ class Leases:
 
     # -- outages -------------------------------------------------------------------------
 
-    def _note_failure(self) -> None:
-        if self._failing_since is None:
+    def _note_failure(self, exc: BaseException) -> None:
+        """A write or read failed with ``exc``: an outage starts, unless the database only was
+        busy (``is_busy``)."""
+        if self._failing_since is None and not is_busy(exc):
             self._failing_since = monotonic()
 
     def _note_success(self) -> None:
@@ -295,8 +311,8 @@ class Leases:
                 if not rows:
                     due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
                     self.next_due = aware(due) if isinstance(due, datetime) else None
-        except SQLAlchemyError:
-            self._note_failure()
+        except SQLAlchemyError as exc:
+            self._note_failure(exc)
             raise
         self._note_success()
         if not rows:
@@ -399,8 +415,8 @@ class Leases:
                 outcome = self._unsettled[0]
             try:
                 changed = self._write(*self._statement(outcome))
-            except _UNAVAILABLE:
-                self._note_failure()
+            except _UNAVAILABLE as exc:
+                self._note_failure(exc)
                 return False
             except SQLAlchemyError:
                 logger.exception(
@@ -488,7 +504,7 @@ class Leases:
         try:
             changed = self._write(*self._statement(outcome))
         except _UNAVAILABLE as exc:
-            self._note_failure()
+            self._note_failure(exc)
             logger.warning(
                 "could not record the %s of job(s) %s now (%s); it is tried again until the "
                 "database answers, and their leases are renewed meanwhile",
@@ -567,8 +583,8 @@ class Leases:
                     failed = int(conn.execute(self.q.reap_exhausted, limit).rowcount)
                 if reap:
                     requeued = int(conn.execute(self.q.reap, {"now": now}).rowcount)
-        except SQLAlchemyError:
-            self._note_failure()
+        except SQLAlchemyError as exc:
+            self._note_failure(exc)
             raise
         self._note_success()
         self.retry_unsettled()
