@@ -106,6 +106,15 @@ class Harness:
     runs: Runs
     #: The recorder the recording backend runs its jobs with.
     recorder: JobRecorder | None = field(default=None, repr=False)
+    #: The log of the worker process that runs its jobs (queue backends).
+    log: Path | None = field(default=None, repr=False)
+
+    def worker_log_tail(self, lines: int = 30) -> str:
+        """The last ``lines`` of the worker's log (for a failure's message), or "" if none."""
+        if self.log is None or not self.log.exists():
+            return ""
+        tail = self.log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return f"last {len(tail)} lines of {self.log}:\n" + "\n".join(tail)
 
     def records(self) -> list[dict[str, Any]]:
         text = self.record.read_text(encoding="utf-8")
@@ -231,7 +240,7 @@ class QueueWorkers:
             worker = unified_jobs_worker(
                 "tests.contract.contract_app:app_from_env",
                 env,
-                self.folder / f"{backend}-worker.log",
+                self.log(backend),
                 "--concurrency",
                 "4",
                 "--",
@@ -241,6 +250,9 @@ class QueueWorkers:
             worker.wait_for_output("ready.")
             self.running[backend] = (worker, record)
         return self.running[backend][1]
+
+    def log(self, backend: str) -> Path:
+        return self.folder / f"{backend}-worker.log"
 
     def stop(self, backend: str) -> None:
         if backend in self.running:
@@ -290,10 +302,12 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
             queue = {**config["queue"], "uri": f"sqlite:///{folder}/contract.db"}
             config = {**config, "queue": queue}
             clear_sql_jobs(queue["uri"], sql_prefix("contract"))
-        record = request.getfixturevalue("queue_workers").get(backend, config)
+        workers = request.getfixturevalue("queue_workers")
+        record = workers.get(backend, config)
         record.write_text("")
+        log: Path | None = workers.log(backend)
     else:
-        record = tmp_path / "record.jsonl"
+        record, log = tmp_path / "record.jsonl", None
     jobs = contract_app.create_app(config, str(record))
     recorder = JobRecorder(jobs).start() if backend == "recording" else None
     runs = RUNS[backend]
@@ -303,7 +317,7 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]
         f"{backend}: cancels running jobs"
     )
     try:
-        yield Harness(backend, jobs, record, runs, recorder)
+        yield Harness(backend, jobs, record, runs, recorder, log)
     finally:
         if recorder is not None:
             recorder.stop()

@@ -58,7 +58,10 @@ def finish(harness: Harness, handles: list[JobHandle | str], timeout: float = 20
     def ended() -> bool:
         return all(harness.jobs.status(h) in ("completed", "failed", "cancelled") for h in handles)
 
-    assert harness.wait_until(ended, timeout), [harness.jobs.job(h) for h in handles]
+    if not harness.wait_until(ended, timeout):
+        # Short (a whole JobInfo each is cut off in CI's output), then the worker's own account.
+        states = [(i.id[:8], i.worker, i.status, i.attempts) for i in map(harness.jobs.job, handles) if i]
+        pytest.fail(f"not ended after {timeout:g} s: {states}\n{harness.worker_log_tail()}")
 
 
 def newest_first(infos: list[JobInfo]) -> bool:

@@ -82,3 +82,50 @@ def test_a_restart_mid_drain_loses_nothing(tmp_path: Path, fault_row: Callable[.
         pool.stop_all()
         jobs.shutdown()
         redis.stop()
+
+
+def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_back(tmp_path: Path) -> None:
+    """kombu's window: BRPOP took the message off its list, and the write of its unacked entry
+    (a second command) meets Redis down. kombu gave up there, and the message was in no list
+    and in no unacked hash: lost. The entry's write is now tried again until Redis answers."""
+    import threading
+
+    import redis as redis_py
+    from kombu import Connection
+
+    from unified_jobs.adapters.celery.kinds import redis_transport
+
+    server = PrivateRedis(tmp_path, persist=True)
+    stopped, back = threading.Event(), threading.Event()
+    kombus = redis_transport.kombu_redis.QoS.append
+
+    def restart() -> None:
+        server.start()
+        back.set()
+
+    def append_after_redis_went_down(qos: object, message: object, delivery_tag: object) -> None:
+        if not stopped.is_set():  # the first try: Redis goes down in the window, for 1 s
+            stopped.set()
+            server.stop()
+            threading.Timer(1.0, restart).start()
+        kombus(qos, message, delivery_tag)  # type: ignore[arg-type]
+
+    transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
+    try:
+        with Connection(server.url, transport=transport) as conn:
+            queue = conn.SimpleQueue("window")
+            queue.put({"job": 1})
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setattr(redis_transport.kombu_redis.QoS, "append", append_after_redis_went_down)
+                message = queue.get(timeout=20)
+            assert stopped.is_set() and back.is_set(), "delivered before Redis came back"
+            assert message.payload == {"job": 1}
+            client = redis_py.Redis.from_url(server.url)
+            assert client.hlen("unacked") == 1, "held nowhere: a crash of the worker now would lose it"
+            assert client.llen("window") == 0
+            message.ack()
+            assert client.hlen("unacked") == 0
+            client.close()
+            queue.close()
+    finally:
+        server.stop()

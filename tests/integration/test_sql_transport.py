@@ -505,6 +505,7 @@ def test_sqlite_busy_is_not_an_outage_an_outcome_waits_and_reaping_is_not_held_b
     assert leases.heartbeat() == 1, "reaping was held back after a lock, as after an outage"
     assert not leases.holds_claims()
     with engine.begin() as conn:
-        statuses = {r.task_id: r.status for r in conn.execute(select(tables.jobs.c.task_id, tables.jobs.c.status))}
+        rows = conn.execute(select(tables.jobs.c.task_id, tables.jobs.c.status))
+        statuses = {r.task_id: r.status for r in rows}
     assert statuses == {"j0": "completed", "j1": "queued"}
     engine.dispose()

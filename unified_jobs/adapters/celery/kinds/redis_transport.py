@@ -25,6 +25,10 @@ commands for the job being published, which ``_put`` sends in the message's own 
 One round trip per job instead of two, and the record and the message land together or not
 at all. The channel also keeps one Redis client for its publishes, where kombu made a new one
 (and its table of response callbacks) for each.
+
+A message BRPOP took off its list is held unacked (kombu's ``QoS.append``, a second command);
+where that write meets Redis down, it is tried again until Redis answers (``QoS``): kombu gave
+up, and the message, in no list and no unacked hash, was lost.
 """
 
 from __future__ import annotations
@@ -265,9 +269,58 @@ def _ensure_mover(channel: Any) -> None:
         _mover.start()
 
 
+#: Seconds between tries of an unacked entry's write while Redis does not answer (at most).
+APPEND_RETRY_MAX = 1.0
+
+
+def _worker_stopping() -> bool:
+    from celery.worker import state
+
+    return state.should_stop is not None or state.should_terminate is not None
+
+
+class QoS(kombu_redis.QoS):
+    """kombu's, whose ``append`` (the unacked entry of a message BRPOP just took off its list)
+    is tried again while Redis does not answer. kombu's gave up at the first connection
+    error, and the message, in no list and in no unacked hash by then, was gone (a Redis
+    restart lost a job so, about once in 300)."""
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delay, since = 0.05, time.monotonic()
+        while True:
+            try:
+                super().append(message, delivery_tag)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if _worker_stopping():
+                    logger.error(
+                        "message %s (task id %s) was taken off its queue, but Redis did not answer "
+                        "to hold it unacked and the worker is stopping: it is lost (%s)",
+                        delivery_tag,
+                        (message.headers or {}).get("id"),
+                        exc,
+                    )
+                    raise
+                if delay == 0.05:
+                    logger.warning(
+                        "Redis did not answer to hold message %s unacked (%s); trying again until it "
+                        "does (it is in no queue meanwhile)",
+                        delivery_tag,
+                        type(exc).__name__,
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, APPEND_RETRY_MAX)
+                continue
+            if delay > 0.05:
+                logger.warning(
+                    "message %s is held unacked after %.1f s", delivery_tag, time.monotonic() - since
+                )
+            return
+
+
 class DelayedMixin:
     """What ``Channel`` and ``SentinelChannel`` add to kombu's Redis channels."""
 
+    QoS = QoS
     _mover: Mover | None = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:
