@@ -240,31 +240,52 @@ def test_an_idle_consumer_is_woken_at_once(sqlq: SqlQueue) -> None:
     assert received[0] - sent < 0.5
 
 
-def test_a_postgres_consumer_is_woken_by_another_process(sqlq: SqlQueue) -> None:
-    if sqlq.kind != "postgres":
-        pytest.skip("cross-process wake-ups are Postgres' NOTIFY; SQLite polls")
+def test_a_consumer_is_woken_by_another_process(sqlq: SqlQueue) -> None:
+    """Postgres: NOTIFY. SQLite: a datagram to each consumer's socket after the commit (and a
+    socket left by a dead consumer is removed by the first producer that meets it)."""
+    import json
+    import socket
     import subprocess
     import sys
 
-    with connect(sqlq, poll_interval_sec=30.0) as conn:
+    from unified_jobs.adapters.sql.wakeup import socket_folder
+
+    slow = {"poll_interval_sec": 30.0, "sqlite_poll_interval_sec": 30.0}
+    stale = None
+    if sqlq.kind == "sqlite":
+        folder = socket_folder(str(sqlq.engine.url.database), sqlq.prefix)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        stale = folder / "1-dead"
+        dead.bind(str(stale))
+        dead.close()  # bound, then closed: its file stays, nobody reads it
+    with connect(sqlq, **slow) as conn:
         q = conn.SimpleQueue("q")
         q.qsize()
         code = (
-            "import unified_jobs.adapters.sql, kombu, sys, json\n"
+            "import unified_jobs.adapters.sql, kombu, sys, json, time\n"
             "with kombu.Connection(sys.argv[1], transport_options=json.loads(sys.argv[2])) as c:\n"
-            "    c.SimpleQueue('q').put('x')\n"
+            "    q = c.SimpleQueue('q')\n"
+            "    q.qsize()\n"
+            "    time.sleep(1.0)\n"  # the consumer has polled once and waits (30 s polls)
+            "    q.put('x')\n"
+            "    print(time.time(), flush=True)\n"
         )
-        import json
-
-        threading.Timer(
-            0.5,
-            lambda: subprocess.run(
-                [sys.executable, "-c", code, sqlq.broker, json.dumps(sqlq.options())], check=True
-            ),
-        ).start()
-        start = time.monotonic()
-        q.get(timeout=10).ack()
-        assert time.monotonic() - start < 5, "woken by the 30 s poll, not by NOTIFY"
+        child = subprocess.Popen(
+            [sys.executable, "-c", code, sqlq.broker, json.dumps(sqlq.options(**slow))],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            q.get(timeout=15).ack()
+            received = time.time()
+            out, _ = child.communicate(timeout=15)
+        finally:
+            child.kill()
+        sent = float(out.split()[-1])
+        assert received - sent < 0.5, f"woken {received - sent:.2f} s after the commit: by a poll?"
+    if stale is not None:
+        assert not stale.exists(), "the dead consumer's socket was not removed"
 
 
 def test_an_undecodable_row_is_failed_and_consumption_goes_on(sqlq: SqlQueue) -> None:

@@ -176,7 +176,10 @@ class Channel(ControlChannel):
             assert state is not None and task_id is not None
             state.refused[task_id] = holder
             return
-        poke_local(self.connection.local_key)
+        if state is None or state.connection is None:
+            self.connection.poke()  # committed
+        else:  # the caller commits; whoever does pokes the other processes (batch_transaction)
+            poke_local(self.connection.local_key)
 
     def put_many(self, messages: list[tuple[str, dict[str, Any]]], connection: Any) -> None:
         """``_put`` for a batch of job messages without unique keys, each (queue, message): one
@@ -198,7 +201,7 @@ class Channel(ControlChannel):
                 }
             )
         self.leases.enqueue_many(rows, connection)
-        poke_local(self.connection.local_key)
+        poke_local(self.connection.local_key)  # (batch_transaction pokes the others after the commit)
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         if self.broadcast.declared_control(queue) is not None:

@@ -35,7 +35,15 @@ from unified_jobs.adapters.sql.engine import dialect_of, get_engine, normalize_d
 from unified_jobs.adapters.sql.options import SqlOptions
 from unified_jobs.adapters.sql.queries import queries_for
 from unified_jobs.adapters.sql.schema import tables_for
-from unified_jobs.adapters.sql.wakeup import PgListener, register_local, unregister_local
+from unified_jobs.adapters.sql.wakeup import (
+    PgListener,
+    SocketListener,
+    poke_local,
+    poke_machine,
+    register_local,
+    socket_folder,
+    unregister_local,
+)
 from unified_jobs.errors import MissingDependencyError
 
 __all__ = ["Channel", "QoS", "Transport"]
@@ -110,8 +118,15 @@ class Transport(virtual.Transport):
         self.local_key = (self.engine.url.render_as_string(hide_password=True), self.tables.prefix)
         self.wakeup = threading.Event()
         self._listener: PgListener | None = None
-        self._wakeups_on = False
         pg = self.dialect == "postgresql"
+        #: SQLite: the folder of its consumers' sockets (``wakeup.py``); None on Postgres.
+        self.socket_folder = (
+            None
+            if pg or not self.engine.url.database
+            else socket_folder(self.engine.url.database, self.tables.prefix)
+        )
+        self._socket: SocketListener | None = None
+        self._wakeups_on = False
         self._idle_poll = self.options.poll_interval_sec if pg else self.options.sqlite_poll_interval_sec
         # A control queue's binding must outlive a few heartbeats (which renew it).
         binding_ttl = 4 * self.options.effective_heartbeat_sec
@@ -151,6 +166,24 @@ class Transport(virtual.Transport):
             self._listener.start()
             # Don't miss a NOTIFY sent while LISTEN is being set up: wait briefly for it.
             self._listener.connected.wait(2.0)
+        elif self.socket_folder is not None:
+            try:
+                self._socket = SocketListener(self.socket_folder, self.wakeup.set)
+            except OSError as exc:  # a read-only temp folder, say: polling still finds every job
+                logger.warning(
+                    "no wakeup socket in %s (%s): this consumer finds new jobs by polling only",
+                    self.socket_folder,
+                    exc,
+                )
+            else:
+                self._socket.start()
+
+    def poke(self) -> None:
+        """An enqueue on this table was committed: wake its idle consumers, in this process
+        and, on SQLite, in the others of this machine."""
+        poke_local(self.local_key)
+        if self.socket_folder is not None:
+            poke_machine(self.socket_folder)
 
     def _on_job_notify(self, queue: str) -> None:
         self.wakeup.set()
@@ -271,6 +304,9 @@ class Transport(virtual.Transport):
             if self._listener is not None:
                 self._listener.stop()
                 self._listener = None
+            if self._socket is not None:
+                self._socket.stop()
+                self._socket = None
             if self._wakeups_on:
                 unregister_local(self.local_key, self)
                 self._wakeups_on = False

@@ -289,7 +289,7 @@ class QoS(kombu_redis.QoS):
         delay, since = 0.05, time.monotonic()
         while True:
             try:
-                super().append(message, delivery_tag)
+                super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 if _worker_stopping():
                     logger.error(

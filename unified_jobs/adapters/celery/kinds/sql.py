@@ -391,6 +391,7 @@ class SqlKind(QueueKind):
                 yield connection
         except SQLAlchemyError as exc:
             raise OperationalError(str(exc)) from exc
+        producer.channel.connection.poke()  # committed: wake the consumers
 
     def job_table(self) -> SqlTable:
         return SqlTable(self.db_uri, self.queue.table_prefix)
