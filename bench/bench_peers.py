@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--jobs", type=int, default=3000, help="jobs for the enqueue and drain figures")
     parser.add_argument("--latency-jobs", type=int, default=200, help="jobs for the latency figure")
+    parser.add_argument(
+        "--memory-jobs", type=int, default=0, help="jobs for the worker memory figures (default: none)"
+    )
     parser.add_argument("--backend", action="append", choices=list(BACKENDS), help="repeatable; default: all")
     parser.add_argument("--systems", default="", help="comma-separated, e.g. unified_jobs,celery,huey")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json", help="the JSON results")
@@ -201,6 +204,7 @@ def run_system(backend: str, system: str, opts: argparse.Namespace, tmp: Path) -
     }
     argv = [sys.executable, "-m", "bench.peers.measure", system, "--jobs", str(opts.jobs)]
     argv += ["--latency-jobs", str(opts.latency_jobs), "--out", str(out), "--logs", str(logs)]
+    argv += ["--memory-jobs", str(opts.memory_jobs)]
     with stderr.open("wb") as err:
         Child.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=err)
         code = Child.proc.wait()
@@ -238,6 +242,7 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             data: dict[str, Any] = {
                 "jobs": opts.jobs,
                 "latency_jobs": opts.latency_jobs,
+                "memory_jobs": opts.memory_jobs or None,
                 "systems": {},
                 "left_out": {},
             }

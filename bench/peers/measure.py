@@ -174,7 +174,54 @@ def latency(driver: drivers.Driver, n: int, logs: Path, notes: list[str]) -> tup
     return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
-def measure(name: str, jobs: int, latency_jobs: int, logs: Path) -> dict[str, Any]:
+def rss_mb(workers: Workers) -> float:
+    """The resident memory of every process of the workers' sessions (each started its own)."""
+    sessions = {proc.pid for proc in workers.procs}
+    total_kb = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            # after "pid (comm)": state ppid pgrp session ...
+            if int(stat.rsplit(")", 1)[1].split()[3]) not in sessions:
+                continue
+            status = (entry / "status").read_text()
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        line = next((ln for ln in status.splitlines() if ln.startswith("VmRSS:")), None)
+        total_kb += int(line.split()[1]) if line else 0
+    return total_kb / 1024
+
+
+def memory(driver: drivers.Driver, n: int, logs: Path, notes: list[str]) -> tuple[float, float] | None:
+    """The workers' RSS (MB) after ``n`` jobs, and its growth (%) from the ``n / 10``th job on
+    (their first jobs warm caches and pools up); ``n`` jobs queued first (in bulk where the
+    system can), then the workers started."""
+    reset(driver)
+    if driver.bulk_api:
+        for first in range(0, n, BULK_CHUNK):
+            driver.send_bulk([time.time()] * min(BULK_CHUNK, n - first))
+    else:
+        driver.send(n)
+    workers = Workers(driver.workers(), logs, f"{driver.name}-memory")
+    try:
+        tenth = n // 10
+        if wait_done(tenth, workers, timeout=3600) < tenth:
+            notes.append(f"memory: only {done()} of {n} jobs ran")
+            return None
+        early = rss_mb(workers)
+        ran = wait_done(n, workers, timeout=3600)
+        late = rss_mb(workers)
+    finally:
+        workers.stop()
+    if ran < n:
+        notes.append(f"memory: only {ran} of {n} jobs ran")
+        return None
+    return late, (late / early - 1) * 100
+
+
+def measure(name: str, jobs: int, latency_jobs: int, logs: Path, memory_jobs: int = 0) -> dict[str, Any]:
     driver = drivers.make(name)
     notes: list[str] = []
     result: dict[str, Any] = {**drivers.describe(name), "notes": notes}
@@ -194,6 +241,11 @@ def measure(name: str, jobs: int, latency_jobs: int, logs: Path) -> dict[str, An
         result["latency p50 ms"], result["latency p99 ms"] = lat if lat else (None, None)
         if lat:
             print(f"  {label}: latency p50 {lat[0]:.1f} ms, p99 {lat[1]:.1f} ms", flush=True)
+        if memory_jobs:
+            mem = memory(driver, memory_jobs, logs, notes)
+            if mem:
+                result["worker RSS MB"], result["RSS growth %"] = mem
+                print(f"  {label}: workers' RSS {mem[0]:.0f} MB ({mem[1]:+.1f} %)", flush=True)
         reset(driver)
     finally:
         driver.close()
@@ -209,11 +261,12 @@ def main() -> None:
     parser.add_argument("system", choices=sorted(drivers.DRIVERS))
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--memory-jobs", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--logs", type=Path, required=True)
     opts = parser.parse_args()
     signal.signal(signal.SIGTERM, _terminate)
-    result = measure(opts.system, opts.jobs, opts.latency_jobs, opts.logs)
+    result = measure(opts.system, opts.jobs, opts.latency_jobs, opts.logs, opts.memory_jobs)
     opts.out.write_text(json.dumps(result, indent=2))
 
 

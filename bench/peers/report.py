@@ -8,11 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 FIGURES = ["enqueue jobs/s", "bulk enqueue jobs/s", "drain jobs/s", "latency p50 ms", "latency p99 ms"]
+#: With ``--memory-jobs``: the workers' memory (every process of theirs) after a tenth of the
+#: jobs, and its growth from there to the last job.
+MEMORY_FIGURES = ["worker RSS MB", "RSS growth %"]
 OURS, CELERY = "unified_jobs", "celery"
 
 
 def lower_is_better(figure: str) -> bool:
-    return figure.startswith("latency")
+    return figure.startswith(("latency", "worker RSS", "RSS growth"))
 
 
 def advantage(figure: str, ours: float | None, other: float | None) -> float | None:
@@ -60,7 +63,10 @@ def table(backend: str, data: dict[str, Any]) -> str:
     head = f"{'figure':22}" + "".join(f"{n:>{width}}" for n in names)
     head += f"{'uj vs celery':>14}{'uj vs best peer':>27}"
     lines += [head, "-" * len(head)]
-    for figure in FIGURES:
+    memory = any(f in r for r in systems.values() for f in MEMORY_FIGURES)
+    if memory:
+        lines.insert(1, f"memory: every worker process's RSS over {data.get('memory_jobs')} jobs")
+    for figure in FIGURES + (MEMORY_FIGURES if memory else []):
         row = f"{figure:22}" + "".join(f"{cell(systems[n].get(figure)):>{width}}" for n in names)
         vs_celery, vs_peer, peer = ratios(figure, systems)
         row += f"{'-' if vs_celery is None else f'{vs_celery:.2f}':>14}"
