@@ -109,11 +109,14 @@ class LeanPublisher:
         if parent:
             root_id = parent.request.root_id or parent.request.id
             parent_id = parent.request.id
-        headers2, properties, body, _ = app.amqp.as_task_v2(
+        amqp = app.amqp
+        headers2, properties, body, _ = amqp.as_task_v2(
             job.id,
             job.name,
             args,
             kwargs,
+            argsrepr=plain_repr(args, amqp.argsrepr_maxsize),
+            kwargsrepr=plain_repr(kwargs, amqp.kwargsrepr_maxsize),
             eta=job.run_at,
             reply_to=app.thread_oid,
             time_limit=getattr(task, "time_limit", None),
@@ -153,3 +156,34 @@ def _delivery_mode(mode: Any) -> int:
     if isinstance(mode, int):
         return mode
     return 1 if str(mode).lower() == "transient" else 2
+
+
+#: Exact types (a subclass, an IntEnum say, has a repr of its own).
+_SCALARS = frozenset({bool, int, float, type(None)})
+
+
+def _plain_str(text: str) -> bool:
+    """Whether ``repr(text)`` is what Celery's ``saferepr`` writes: printable ASCII that needs
+    no escaping and no choice of quotes."""
+    return text.isascii() and text.isprintable() and "'" not in text and '"' not in text and "\\" not in text
+
+
+def _plain(value: Any) -> bool:
+    kind = type(value)
+    return kind in _SCALARS or (kind is str and _plain_str(value))
+
+
+def plain_repr(value: Any, maxsize: int | None) -> str | None:
+    """``repr(value)`` where it is what ``celery.utils.saferepr.saferepr(value, maxsize)`` returns
+    (about 20 times faster): a flat dict of plain keys and values, or a flat list or tuple of
+    plain values, well under ``maxsize``; None otherwise (then ``as_task_v2`` calls saferepr)."""
+    if type(value) is dict:
+        if not all(type(k) is str and _plain_str(k) and _plain(v) for k, v in value.items()):
+            return None
+    elif type(value) in (list, tuple):
+        if not all(_plain(v) for v in value):
+            return None
+    else:
+        return None
+    text = repr(value)
+    return text if maxsize is None or len(text) < maxsize // 2 else None
