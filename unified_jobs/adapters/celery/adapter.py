@@ -130,7 +130,7 @@ class CeleryQueueAdapter(Adapter):
             with (
                 bounded(),
                 app.producer_or_acquire() as producer,
-                self._kind.batch_transaction(producer) as connection,
+                self._kind.batch_transaction(producer, one_insert and len(jobs) == 1) as connection,
             ):
                 if connection is not None:  # SQL: every row in one transaction
                     if one_insert:

@@ -115,8 +115,9 @@ class LeanPublisher:
             job.name,
             args,
             kwargs,
-            argsrepr=plain_repr(args, amqp.argsrepr_maxsize),
-            kwargsrepr=plain_repr(kwargs, amqp.kwargsrepr_maxsize),
+            # What as_task_v2 would write: it makes empty args () and empty kwargs {} first.
+            argsrepr=plain_repr(args or (), amqp.argsrepr_maxsize),
+            kwargsrepr=plain_repr(kwargs or {}, amqp.kwargsrepr_maxsize),
             eta=job.run_at,
             reply_to=app.thread_oid,
             time_limit=getattr(task, "time_limit", None),

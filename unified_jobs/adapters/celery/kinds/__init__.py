@@ -119,11 +119,12 @@ class QueueKind(ABC):
         return None
 
     @contextmanager
-    def batch_transaction(self, producer: Any) -> Iterator[Any]:
+    def batch_transaction(self, producer: Any, one_statement: bool = False) -> Iterator[Any]:
         """A SQLAlchemy connection in a transaction of its own that a batch of ``producer``'s
         publishes is written in, committed at the end of the block and rolled back if it
         raises; None (the default) where the kind's batches are the transport's own (a
-        MULTI/EXEC on Redis, an AMQP transaction on RabbitMQ)."""
+        MULTI/EXEC on Redis, an AMQP transaction on RabbitMQ). ``one_statement``: the block
+        runs one statement with one row, atomic by itself (the kind may then autocommit)."""
         yield None
 
     def job_table(self) -> Any:

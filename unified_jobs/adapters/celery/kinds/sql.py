@@ -377,7 +377,7 @@ class SqlKind(QueueKind):
         return conn if conn is not None and _same_database(conn.engine.url, self.queue.uri) else None
 
     @contextmanager
-    def batch_transaction(self, producer: Any) -> Iterator[Any]:
+    def batch_transaction(self, producer: Any, one_statement: bool = False) -> Iterator[Any]:
         # The transport's own engine (``producer.channel`` is our SQL channel): every row of
         # the batch, or none. A database error comes out as kombu's, as a publish's does.
         from kombu.exceptions import OperationalError
@@ -386,9 +386,16 @@ class SqlKind(QueueKind):
 
         # Connected as a publish connects: a hung database is one timeout (in ``bounded()``).
         producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
+        engine = producer.channel.connection.engine
         try:
-            with producer.channel.connection.engine.begin() as connection:
-                yield connection
+            if one_statement and engine.dialect.name == "postgresql":
+                # One INSERT of one row is atomic on its own: in autocommit, without BEGIN and
+                # COMMIT, one round trip instead of three (psycopg sends BEGIN on its own).
+                with engine.connect() as plain:
+                    yield plain.execution_options(isolation_level="AUTOCOMMIT")
+            else:
+                with engine.begin() as connection:
+                    yield connection
         except SQLAlchemyError as exc:
             raise OperationalError(str(exc)) from exc
         producer.channel.connection.poke()  # committed: wake the consumers
