@@ -97,6 +97,7 @@ def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_
 
     server = PrivateRedis(tmp_path, persist=True)
     stopped, back = threading.Event(), threading.Event()
+    timers: list[threading.Timer] = []
     kombus = redis_transport.kombu_redis.QoS.append
 
     def restart() -> None:
@@ -107,7 +108,8 @@ def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_
         if not stopped.is_set():  # the first try: Redis goes down in the window, for 1 s
             stopped.set()
             server.stop()
-            threading.Timer(1.0, restart).start()
+            timers.append(threading.Timer(1.0, restart))
+            timers[0].start()
         kombus(qos, message, delivery_tag)  # type: ignore[arg-type]
 
     transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
@@ -128,4 +130,7 @@ def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_
             client.close()
             queue.close()
     finally:
+        for timer in timers:  # a failure before the restart: no server left running after the test
+            timer.cancel()
+            timer.join()
         server.stop()
