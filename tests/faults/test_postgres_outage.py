@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -161,21 +160,11 @@ def test_an_outcome_written_while_the_server_is_down_lands_after_it_returns(
     from sqlalchemy import select
     from sqlalchemy.exc import OperationalError
 
+    from tests.integration.conftest_sql import two_owners
     from unified_jobs.adapters.sql.engine import get_engine
-    from unified_jobs.adapters.sql.leases import Leases, utcnow
-    from unified_jobs.adapters.sql.options import SqlOptions
-    from unified_jobs.adapters.sql.queries import queries_for
-    from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
 
     engine = get_engine(private_pg.url)
-    tables = tables_for("uj_outage_")
-    ensure_schema_on(engine, tables)
-    queries, options = queries_for(tables, "postgresql"), SqlOptions(lease_sec=1.0)
-    leases, other = Leases(engine, queries, options, "me"), Leases(engine, queries, options, "other")
-    for n in range(4):
-        now = utcnow()
-        job: dict[str, Any] = {"task_name": "t", "task_id": f"j{n}", "priority": 0, "run_at": now, "now": now}
-        leases.enqueue(queue="q", payload="{}", **job)
+    leases, other, tables = two_owners(engine, "uj_outage_", 4)
     rows = leases.claim(["q"], 3)
     assert len(rows) == 3
     done, failed, back = (leases.hold(r) for r in rows)

@@ -203,3 +203,21 @@ def sqlq_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sql
         yield queue
     finally:
         queue.close()
+
+
+def two_owners(engine: Engine, prefix: str, jobs: int, lease_sec: float = 1.0) -> tuple[Any, Any, Tables]:
+    """The lease engine without a transport: two owners ("me", "other") of a fresh table of
+    ``engine``'s, which holds ``jobs`` queued rows (task ids ``j0``, ``j1``, ...)."""
+    from unified_jobs.adapters.sql.leases import Leases, utcnow
+    from unified_jobs.adapters.sql.options import SqlOptions
+    from unified_jobs.adapters.sql.queries import queries_for
+
+    tables = tables_for(prefix)
+    ensure_schema_on(engine, tables)
+    queries, options = queries_for(tables, engine.dialect.name), SqlOptions(lease_sec=lease_sec)
+    me, other = Leases(engine, queries, options, "me"), Leases(engine, queries, options, "other")
+    for n in range(jobs):
+        now = utcnow()
+        job: dict[str, Any] = {"task_name": "t", "task_id": f"j{n}", "priority": 0, "run_at": now, "now": now}
+        me.enqueue(queue="q", payload="{}", **job)
+    return me, other, tables

@@ -489,22 +489,13 @@ def test_sqlite_busy_is_not_an_outage_an_outcome_waits_and_reaping_is_not_held_b
 
     from sqlalchemy.exc import OperationalError
 
+    from tests.integration.conftest_sql import two_owners
     from unified_jobs.adapters.sql.engine import get_engine
-    from unified_jobs.adapters.sql.leases import Leases, is_busy, utcnow
-    from unified_jobs.adapters.sql.options import SqlOptions
-    from unified_jobs.adapters.sql.queries import queries_for
-    from unified_jobs.adapters.sql.schema import ensure_schema_on, tables_for
+    from unified_jobs.adapters.sql.leases import is_busy
 
     path = tmp_path / "busy.db"
     engine = get_engine(f"sqlite:///{path}", busy_timeout_sec=0.2)
-    tables = tables_for("uj_busy_")
-    ensure_schema_on(engine, tables)
-    queries, options = queries_for(tables, "sqlite"), SqlOptions(lease_sec=1.0)
-    leases, dead = Leases(engine, queries, options, "me"), Leases(engine, queries, options, "dead")
-    for n in range(2):
-        now = utcnow()
-        job: dict[str, Any] = {"task_name": "t", "task_id": f"j{n}", "priority": 0, "run_at": now, "now": now}
-        leases.enqueue(queue="q", payload="{}", **job)
+    leases, dead, tables = two_owners(engine, "uj_busy_", 2)
     (mine,) = leases.claim(["q"], 1)
     tag = leases.hold(mine)
     (theirs,) = dead.claim(["q"], 1)
