@@ -43,6 +43,8 @@ def cell(value: float | None) -> str:
 
 def ratios(figure: str, systems: dict[str, dict[str, Any]]) -> tuple[float | None, float | None, str]:
     """unified_jobs against Celery, against the best peer, and that peer's name."""
+    if figure == "RSS growth %":  # near 0 on every side: a ratio of such would say nothing
+        return None, None, ""
     ours = systems.get(OURS, {}).get(figure)
     vs_celery = advantage(figure, ours, systems.get(CELERY, {}).get(figure))
     best = best_peer(figure, systems)
