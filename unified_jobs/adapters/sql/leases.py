@@ -105,7 +105,7 @@ def is_busy(exc: BaseException) -> bool:
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "sqlite_errorcode", None)
     if code is not None:
-        return int(code) & 0xFF in _SQLITE_BUSY_CODES
+        return (int(code) & 0xFF) in _SQLITE_BUSY_CODES  # the primary code of an extended one
     return isinstance(exc, OperationalError) and "database is locked" in str(orig)
 
 
