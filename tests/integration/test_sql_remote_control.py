@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import PG_HOST, PG_PORT, PG_URL, clear_sql_jobs, require_service, sql_prefix
-from tests.contract.contract_app import Echo, Sleep, create_app
+from tests.contract.contract_app import Echo, LongAsync, create_app
 from tests.flower import CONTRACT_CELERY, start_flower
 from tests.integration.conftest_sql import wait_for
 from tests.procs import BIN, ROOT, WorkerProcess, read_records, unified_jobs_worker, wait_until
@@ -151,25 +151,33 @@ def test_only_auto_delete_and_exclusive_queues_are_control_queues() -> None:
 
 
 def _started(node: Node, job_id: str) -> bool:
-    return any(r["worker"] == "sleep_start" and r["job"] == job_id for r in read_records(node.record))
+    starts = ("sleep_start", "long_start")  # Sleep's, LongAsync's
+    return any(r["worker"] in starts and r["job"] == job_id for r in read_records(node.record))
 
 
 def test_celery_inspect_answers_within_its_default_timeout(node: Node) -> None:
-    running = Sleep.perform_later({"n": 1, "seconds": 6})
+    # Running until cancelled below: four `celery` processes starting on a loaded machine took
+    # longer than a 6 s job once, and `inspect active` then rightly found nothing running.
+    running = LongAsync.perform_later({"n": 1, "seconds": 120})
     assert wait_until(lambda: _started(node, running.id), timeout=20), node.worker.output()[-3000:]
 
     methods = ("ping", "registered", "stats", "active")
-    with ThreadPoolExecutor(len(methods)) as pool:
-        out = dict(zip(methods, pool.map(lambda m: node.celery("inspect", m), methods), strict=True))
+    try:
+        with ThreadPoolExecutor(len(methods)) as pool:
+            out = dict(zip(methods, pool.map(lambda m: node.celery("inspect", m), methods), strict=True))
+    finally:
+        assert node.jobs.cancel(running)
+        ended = lambda: node.jobs.status(running) == "cancelled"  # noqa: E731
+        assert wait_until(ended, timeout=20), node.jobs.job(running)
 
     assert node.replied(out["ping"], "pong"), out["ping"]
-    for task in ("contract.Echo", "contract.Sleep"):
+    for task in ("contract.Echo", "contract.Sleep", "contract.LongAsync"):
         assert node.replied(out["registered"], task), out["registered"]
     assert node.replied(out["stats"], '"max-concurrency": 2'), out["stats"]
     assert node.replied(out["stats"], '"transport": "ujsql"'), out["stats"]
     # The running job, by its id and task name.
     assert node.replied(out["active"], running.id), out["active"]
-    assert node.replied(out["active"], "contract.Sleep"), out["active"]
+    assert node.replied(out["active"], "contract.LongAsync"), out["active"]
 
     # Requests, replies and events never became jobs: the jobs table holds only jobs.
     jobs = node.rows(TABLES.jobs)
