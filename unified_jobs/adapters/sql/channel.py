@@ -201,7 +201,7 @@ class Channel(ControlChannel):
                 }
             )
         self.leases.enqueue_many(rows, connection)
-        poke_local(self.connection.local_key)  # (batch_transaction pokes the others after the commit)
+        # No poke here: the rows are not committed yet; batch_transaction pokes after the commit.
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         if self.broadcast.declared_control(queue) is not None:
