@@ -286,7 +286,7 @@ class QoS(kombu_redis.QoS):
     restart lost a job so, about once in 300)."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
-        delay, since = 0.05, time.monotonic()
+        delay, since, failed = 0.05, time.monotonic(), False
         while True:
             try:
                 super().append(message, delivery_tag)  # type: ignore[no-untyped-call]
@@ -300,17 +300,18 @@ class QoS(kombu_redis.QoS):
                         exc,
                     )
                     raise
-                if delay == 0.05:
+                if not failed:
                     logger.warning(
                         "Redis did not answer to hold message %s unacked (%s); trying again until it "
                         "does (it is in no queue meanwhile)",
                         delivery_tag,
                         type(exc).__name__,
                     )
+                failed = True
                 time.sleep(delay)
                 delay = min(delay * 2, APPEND_RETRY_MAX)
                 continue
-            if delay > 0.05:
+            if failed:
                 logger.warning(
                     "message %s is held unacked after %.1f s", delivery_tag, time.monotonic() - since
                 )
