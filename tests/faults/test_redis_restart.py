@@ -16,6 +16,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,9 +86,10 @@ def test_a_restart_mid_drain_loses_nothing(tmp_path: Path, fault_row: Callable[.
 
 
 def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_back(tmp_path: Path) -> None:
-    """kombu's window: BRPOP took the message off its list, and the write of its unacked entry
-    (a second command) meets Redis down. kombu gave up there, and the message was in no list
-    and in no unacked hash: lost. The entry's write is now tried again until Redis answers."""
+    """kombu's window: BRPOP took the message off its list (a consumer waiting on an empty
+    queue), and the write of its unacked entry (a second command) meets Redis down. kombu gave
+    up there, and the message was in no list and in no unacked hash: lost. The entry's write
+    is now tried again until Redis answers."""
     import threading
 
     import redis as redis_py
@@ -109,14 +111,17 @@ def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_
             stopped.set()
             server.stop()
             timers.append(threading.Timer(1.0, restart))
-            timers[0].start()
+            timers[-1].start()
         kombus(qos, message, delivery_tag)  # type: ignore[arg-type]
 
     transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
     try:
         with Connection(server.url, transport=transport) as conn:
             queue = conn.SimpleQueue("window")
-            queue.put({"job": 1})
+            # Put while the consumer waits (FETCH found the list empty): BRPOP takes it, and
+            # its unacked entry is the second command (a backlog is taken by FETCH, in one).
+            timers.append(threading.Timer(0.3, lambda: queue.put({"job": 1})))
+            timers[0].start()
             with pytest.MonkeyPatch.context() as patch:
                 patch.setattr(redis_transport.kombu_redis.QoS, "append", append_after_redis_went_down)
                 message = queue.get(timeout=20)
@@ -133,4 +138,92 @@ def test_a_message_taken_just_before_redis_went_down_is_held_unacked_once_it_is_
         for timer in timers:  # a failure before the restart: no server left running after the test
             timer.cancel()
             timer.join()
+        server.stop()
+
+
+def test_a_message_whose_take_reply_is_lost_is_held_unacked_and_comes_back(tmp_path: Path) -> None:
+    """kombu's other window: BRPOP popped the message, and its reply never reached the worker
+    (Redis stopped before writing it, the connection dropped). The message was in no list and
+    in no unacked hash: lost. A consumer now takes a message with FETCH, which pops it and holds
+    it unacked in one script, so the lost reply leaves it held, and kombu's sweep puts it back
+    after visibility_timeout."""
+    import redis as redis_py
+    from kombu import Connection
+
+    server = PrivateRedis(tmp_path)
+    transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
+    client = redis_py.Redis.from_url(server.url)
+    try:
+        with Connection(server.url, transport=transport, transport_options={"visibility_timeout": 1}) as conn:
+            queue = conn.SimpleQueue("lost-reply")
+            queue.put({"job": 1})
+            queue.put({"job": 2})
+
+            def lose_the_reply(channel: Any, **options: Any) -> None:
+                channel.client.connection.disconnect()
+                raise redis_py.ConnectionError("the reply was lost")
+
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setitem(
+                    queue.channel.handlers, "BRPOP", lambda **options: lose_the_reply(queue.channel)
+                )
+                with pytest.raises(redis_py.ConnectionError):
+                    queue.get(timeout=5)
+            assert client.llen("lost-reply") == 1, "not taken"
+            assert client.hlen("unacked") == 1, "taken and held nowhere: lost"
+            # The worker's sweep (a timer in a worker) puts it back once visibility_timeout passed.
+            time.sleep(1.2)
+            queue.channel.qos.restore_visible(interval=1)
+            assert client.hlen("unacked") == 0 and client.llen("lost-reply") == 2
+            got = [queue.get(timeout=5) for _ in range(2)]
+            assert sorted(m.payload["job"] for m in got) == [1, 2]
+            assert client.hlen("unacked") == 2  # each held until its ack
+            for message in got:
+                message.ack()
+            assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+            queue.close()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_fetch_holds_a_message_as_kombus_append_does(tmp_path: Path) -> None:
+    """The unacked entry FETCH writes is the one kombu's QoS.append writes for the same message
+    (kombu's sweep and a plain ``celery worker`` read it), and a consumer without acks leaves
+    none behind."""
+    import redis as redis_py
+    from kombu import Connection
+
+    server = PrivateRedis(tmp_path)
+    transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
+    client = redis_py.Redis.from_url(server.url)
+    try:
+        entries: dict[str, Any] = {}
+        for name, url_transport in (("fetch", transport), ("kombu", "redis")):
+            client.flushdb()
+            with Connection(server.url, transport=url_transport) as conn:
+                queue = conn.SimpleQueue("same")
+                queue.put({"job": "x", "text": 'caf\u00e9 / "quoted"'}, priority=3, headers={"h": [1, 2]})
+                message = queue.get(timeout=5)
+                ((tag, entry),) = client.hgetall("unacked").items()
+                assert tag.decode() == message.delivery_tag
+                entries[name] = json.loads(entry)
+                message.ack()
+                queue.close()
+        fetched, kombus = entries["fetch"], entries["kombu"]
+        assert fetched[1:] == kombus[1:]  # exchange, routing key
+        for entry in (fetched, kombus):  # each its own tag and body id
+            del entry[0]["properties"]["delivery_tag"]
+        assert fetched[0].keys() == kombus[0].keys()
+        assert fetched[0]["properties"] == kombus[0]["properties"]
+        assert fetched[0]["headers"] == kombus[0]["headers"]
+        assert fetched[0]["body"] == kombus[0]["body"]
+        with Connection(server.url, transport=transport) as conn:
+            queue = conn.SimpleQueue("noack", no_ack=True)
+            queue.put({"job": "y"})
+            assert queue.get(timeout=5).payload == {"job": "y"}
+            assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
+            queue.close()
+    finally:
+        client.close()
         server.stop()

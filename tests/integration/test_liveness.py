@@ -208,7 +208,7 @@ def test_a_worker_that_stops_consuming_fails_the_probe_by_name(redis_worker: Run
         replies = control.cancel_consumer(queue, destination=[redis_worker.node], reply=True, timeout=5)
         assert replies, f"{redis_worker.node} did not answer cancel_consumer {queue}"
     try:
-        # The process lives and beats, but sends no BRPOP any more.
+        # The process lives and beats, but takes from its queues no more (no FETCH, no BRPOP).
         out = probe_until(redis_worker.env, 1)
         assert f"{beat.id} on {beat.host} is stalled: has not asked its queues for jobs" in out, out
         assert redis_worker.worker.proc.poll() is None

@@ -15,7 +15,7 @@ What a beat says (``core.monitor.WorkerBeat``): id ``<node name>:<pid>``, the ho
 the task consumer consumes now (``celery control cancel_consumer`` removes one), the
 concurrency (an autoscaler's maximum), the ids of the requests the pool is running
 (``celery.worker.state.active_requests``), and ``polled_at``, the last
-``adapters.liveness.note_poll()`` of the process: each BRPOP on Redis, each drain of the SQL
+``adapters.liveness.note_poll()`` of the process: each take (FETCH or BRPOP) on Redis, each drain of the SQL
 transport, and on RabbitMQ each second of the event loop while a channel holds the task
 consumer (``kinds/rabbitmq.py``). ``extra`` holds the node name, the pool, ``state``
 (``running``, or ``stopping`` once a warm shutdown began: it then polls no more, on purpose),
