@@ -337,7 +337,7 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: Any) -> None:
         if delivery_tag in _held:  # FETCH holds it unacked already
             _held.discard(delivery_tag)
-            virtual.QoS.append(self, message, delivery_tag)
+            virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
             return
         delay, since, failed = 0.05, time.monotonic(), False
         while True:
@@ -445,11 +445,13 @@ class DelayedMixin:
     #: When Redis last refused FETCH (0.0: it did not).
     _fetch_refused_at = 0.0
 
-    def _brpop_start(self, timeout: Any = None) -> Any:
-        result = self._fetch_start() if self._fetch_next else super()._brpop_start(timeout)  # type: ignore[misc]
+    def _brpop_start(self, timeout: Any = None) -> None:
+        if self._fetch_next:
+            self._fetch_start()
+        else:
+            super()._brpop_start(timeout)  # type: ignore[misc]
         if getattr(self, "_in_poll", None):  # a take went out: this worker asks its queues for jobs
             note_poll()
-        return result
 
     def _fetch_start(self) -> None:
         """Send FETCH over the lists BRPOP would wait on (its reply is read by ``_brpop_read``)."""
@@ -506,7 +508,7 @@ class DelayedMixin:
             number, item, held = reply
             dest = keys[int(number) - 1].rsplit(channel.sep, 1)[0]
             channel._queue_cycle.rotate(dest)
-            payload = loads(bytes_to_str(item))
+            payload = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
             tag = payload["properties"]["delivery_tag"] if int(held) else None
             if tag is not None:
                 _held.add(tag)
