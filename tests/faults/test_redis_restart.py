@@ -212,7 +212,7 @@ def test_fetch_holds_a_message_as_kombus_append_does(tmp_path: Path) -> None:
                 queue.close()
         fetched, kombus = entries["fetch"], entries["kombu"]
         assert fetched[1:] == kombus[1:]  # exchange, routing key
-        for entry in (fetched, kombus):  # each its own tag and body id
+        for entry in (fetched, kombus):  # each message has its own delivery tag
             del entry[0]["properties"]["delivery_tag"]
         assert fetched[0].keys() == kombus[0].keys()
         assert fetched[0]["properties"] == kombus[0]["properties"]

@@ -30,7 +30,7 @@ Taking a message: kombu's consumer BRPOPs it off its list and then holds it unac
 ``QoS.append``, a second command). Between the two, the message is only in the reply and in the
 worker's memory: a reply lost when Redis stops (the pop is already in its append-only file) or
 a worker killed there lost it (kombu's known gap; a restart mid-drain lost about 1 job in
-300 in one CI run in three). Here a consumer first runs ``FETCH``, a script that pops the
+300 in about one CI run in 3 to 8). Here a consumer first runs ``FETCH``, a script that pops the
 next message off the same lists in the same order and holds it unacked in one step, so a
 message is always in a list or in the unacked hash (from which kombu's sweep restores it after
 ``visibility_timeout``). Only when FETCH finds every list empty does the consumer wait with
