@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import redis
 
+from tests.conftest import PG_HOST, PG_PORT, PG_URL, clear_sql_jobs, require_service, sql_prefix
 from tests.contract.contract_app import Echo, Limited, Mail, create_app
 from tests.procs import PrivateRedis
 from unified_jobs import Jobs
 from unified_jobs.adapters.celery.kinds.redis_transport import Rider, riding
+from unified_jobs.adapters.sql.engine import normalize_db_url
 
 #: Differ from job to job (ids, the process), not from path to path.
 PER_JOB = {"id", "root_id", "correlation_id", "delivery_tag"}
@@ -150,13 +152,13 @@ def _at(value: Any) -> float:
     return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _rows(engine: Any) -> list[dict[str, Any]]:
+def _rows(engine: Any, prefix: str) -> list[dict[str, Any]]:
     """The SQL queue's rows, oldest first, each payload decoded with its per-job fields out."""
     import sqlalchemy as sa
 
     with engine.connect() as conn:
         rows = conn.execute(
-            sa.text("SELECT queue, task_name, priority, run_at, payload FROM unified_jobs_jobs ORDER BY id")
+            sa.text(f"SELECT queue, task_name, priority, run_at, payload FROM {prefix}jobs ORDER BY id")
         ).mappings()
         found = []
         for row in rows:
@@ -173,36 +175,102 @@ def _rows(engine: Any) -> list[dict[str, Any]]:
         return found
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[dict[str, Any], str]]:
+    """(the queue's config, its table prefix): a SQLite file, or tables of this module's own on
+    the shared Postgres."""
+    if request.param == "sqlite":
+        yield {"kind": "Sqlite", "uri": f"sqlite:///{tmp_path / 'jobs.db'}"}, "unified_jobs_"
+        return
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    prefix = sql_prefix("lean")
+    clear_sql_jobs(PG_URL, prefix)
+    yield {"kind": "Postgres", "uri": PG_URL, "table_prefix": prefix}, prefix
+    clear_sql_jobs(PG_URL, prefix)
+
+
 def test_a_sql_batch_is_one_insert_of_the_rows_send_task_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sql_queue: tuple[dict[str, Any], str]
 ) -> None:
-    """SQLite file: ``perform_all_later`` inserts every row in one statement, each row the one
-    ``send_task`` writes (a job due later too: its ``eta`` and ``run_at``)."""
+    """``perform_all_later`` inserts every row in one statement (a COPY on Postgres), each row
+    the one ``send_task`` writes (a job due later too: its ``eta`` and ``run_at``)."""
     import sqlalchemy as sa
 
-    uri = f"sqlite:///{tmp_path / 'jobs.db'}"
-    config = {"workers": {"mode": "BackgroundQueue"}, "queue": {"kind": "Sqlite", "uri": uri}}
-    jobs = create_app(config, str(tmp_path / "record.jsonl"))
-    engine = sa.create_engine(uri)
     from unified_jobs.adapters.sql.channel import Channel
+    from unified_jobs.adapters.sql.leases import Leases
 
+    queue, prefix = sql_queue
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+    jobs = create_app(config, str(tmp_path / "record.jsonl"))
+    engine = sa.create_engine(normalize_db_url(queue["uri"]))
     inserts: list[int] = []
     put_many = Channel.put_many
     counted = lambda self, m, c: inserts.append(len(m)) or put_many(self, m, c)  # noqa: E731
     monkeypatch.setattr(Channel, "put_many", counted)
+    copies: list[int] = []
+    copy = Leases._copy
+    copied = lambda self, rows, c: copies.append(len(rows)) or copy(self, rows, c)  # noqa: E731
+    monkeypatch.setattr(Leases, "_copy", copied)
     try:
         batches = [[{"n": 1}, {"n": 2}], [{"n": 3}]]
         Echo.perform_all_later(batches[0])
         Mail.perform_all_later(batches[1], priority=4, wait=timedelta(hours=1))
         assert inserts == [2, 1]
-        lean = _rows(engine)
+        # COPY for more than one row, on Postgres only; one row is an INSERT.
+        assert copies == ([2] if queue["kind"] == "Postgres" else [])
+        lean = _rows(engine, prefix)
         with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM unified_jobs_jobs"))
+            conn.execute(sa.text(f"DELETE FROM {prefix}jobs"))
         monkeypatch.setattr(jobs._adapter._lean, "usable", lambda job: False)  # type: ignore[attr-defined]
         Echo.perform_all_later(batches[0])
         Mail.perform_all_later(batches[1], priority=4, wait=timedelta(hours=1))
         assert len(lean) == 3 and [r["payload"]["headers"]["eta"] for r in lean] == [False, False, True]
-        assert lean == _rows(engine)
+        assert lean == _rows(engine, prefix)
     finally:
+        engine.dispose()
+        jobs.shutdown()
+
+
+def test_a_batch_the_database_refuses_is_an_enqueue_error_and_writes_no_row(
+    tmp_path: Path, sql_queue: tuple[dict[str, Any], str]
+) -> None:
+    """A row of the batch that the database refuses (here a CHECK constraint of the test's
+    own) fails the whole batch, COPY on Postgres too: EnqueueError, and no row of it is left."""
+    import sqlalchemy as sa
+
+    from unified_jobs.errors import EnqueueError
+
+    queue, prefix = sql_queue
+    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+    jobs = create_app(config, str(tmp_path / "record.jsonl"))
+    engine = sa.create_engine(normalize_db_url(queue["uri"]))
+    Echo.perform_later({"n": 0})  # the tables exist
+    check = f"{prefix}test_no_refused"
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"DELETE FROM {prefix}jobs"))
+        if queue["kind"] == "Postgres":
+            refuse = f"ALTER TABLE {prefix}jobs ADD CONSTRAINT {check} CHECK (queue <> 'refused')"
+            conn.execute(sa.text(refuse))
+        else:  # SQLite has no ADD CONSTRAINT: a trigger that aborts the insert
+            conn.execute(
+                sa.text(
+                    f"CREATE TRIGGER {check} BEFORE INSERT ON {prefix}jobs WHEN NEW.queue = 'refused' "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+            )
+    try:
+        with pytest.raises(EnqueueError, match=r"could not enqueue 3 jobs .*Nothing was enqueued"):
+            Echo.perform_all_later([{"n": 1}, {"n": 2}, {"n": 3}], queue="refused")
+        with engine.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {prefix}jobs")).scalar_one() == 0
+        # The connection it failed on is usable again: the next batch goes in.
+        handles = Echo.perform_all_later([{"n": 4}, {"n": 5}])
+        assert [jobs.status(h.id) for h in handles] == ["queued", "queued"]
+    finally:
+        with engine.begin() as conn:
+            if queue["kind"] == "Postgres":
+                conn.execute(sa.text(f"ALTER TABLE {prefix}jobs DROP CONSTRAINT {check}"))
+            else:
+                conn.execute(sa.text(f"DROP TRIGGER {check}"))
         engine.dispose()
         jobs.shutdown()

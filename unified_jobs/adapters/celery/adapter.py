@@ -97,13 +97,15 @@ class CeleryQueueAdapter(Adapter):
 
     def _lean_message(self, job: Job) -> tuple[str, str]:
         """(list key, text) of ``job``'s message on Redis."""
-        return self._lean.envelope(job.queue, self._message(job))
+        priority, payload = self._message(job)
+        return self._lean.list_key(job.queue, priority), payload
 
-    def _message(self, job: Job) -> dict[str, Any]:
-        """``job``'s message, built by ``lean_publish`` with ``send_task``'s options."""
+    def _message(self, job: Job) -> tuple[int, str]:
+        """(the priority, the JSON text) of ``job``'s message, built by ``lean_publish`` with
+        ``send_task``'s options."""
         options = self._options(job)
-        args, kwargs = json.loads(job.args_json), json.loads(job.kwargs_json)
-        return self._lean.message(job, args, kwargs, options.get("headers", {}), options["priority"])
+        priority = options["priority"]
+        return priority, self._lean.payload(job, options.get("headers", {}), priority)
 
     def enqueue_many(self, jobs: list[Job]) -> None:
         self._enqueue_batch(jobs, f"{len(jobs)} jobs")
@@ -134,7 +136,7 @@ class CeleryQueueAdapter(Adapter):
             ):
                 if connection is not None:  # SQL: every row in one transaction
                     if one_insert:
-                        rows = [(job.queue, self._message(job)) for job in jobs]
+                        rows = [(job, *self._message(job)) for job in jobs]
                         producer.channel.put_many(rows, connection)
                         return
                     with publishing(connection):

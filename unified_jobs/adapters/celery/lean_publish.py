@@ -17,20 +17,21 @@ differently (``usable``): otherwise, ``send_task`` as before.
 from __future__ import annotations
 
 import base64
+import json
+import os
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from celery import signals
-from kombu.serialization import dumps as _serialize
+from celery._state import get_current_worker_task
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from kombu.transport import redis as kombu_redis
-from kombu.utils.json import dumps as _json_dumps
 
 from unified_jobs.core.job import Job
 
 __all__ = ["LeanPublisher"]
-
-serialize: Any = _serialize
-json_dumps: Any = _json_dumps
 
 #: Task options a Worker's Celery task may carry that this builder handles; any other
 #: (``Task._get_exec_options``: a queue, exchange, priority, expires... of the task's own)
@@ -55,7 +56,7 @@ class LeanPublisher:
         #: The bridge's router (a Worker to its queue): the queue is given explicitly here.
         self.own_router = own_router
         self._usable: dict[tuple[str, str], bool] = {}
-        self._modes: dict[str, int] = {}  # a queue's delivery mode
+        self._templates: dict[tuple[str, str], _Template] = {}  # by worker and queue
 
     def usable(self, job: Job) -> bool:
         """Whether ``send_task`` would publish ``job`` as ``envelope`` builds it."""
@@ -89,67 +90,99 @@ class LeanPublisher:
         queue = app.amqp.queues.get(job.queue)
         return queue is None or getattr(queue.exchange, "type", "direct") == "direct"
 
-    @staticmethod
-    def envelope(queue: str, message: dict[str, Any]) -> tuple[str, str]:
-        """(the list key, the text) of ``message`` (of ``message()``) as kombu's Redis
-        transport pushes it to ``queue``, its priority included."""
-        priority = message["properties"]["priority"]
-        key = f"{queue}{kombu_redis.Channel.sep}{priority}" if priority else queue
-        return key, json_dumps(message)
+    def list_key(self, queue: str, priority: int) -> str:
+        """The Redis list kombu's Redis transport pushes a message of ``priority`` to."""
+        return f"{queue}{kombu_redis.Channel.sep}{priority}" if priority else queue
 
-    def message(
-        self, job: Job, args: list[Any], kwargs: dict[str, Any], headers: dict[str, Any], priority: int
-    ) -> dict[str, Any]:
-        """The message of ``job`` (due at its ``run_at``, or now) as kombu's virtual transports
-        hand it to their ``_put``."""
-        app = self.app
-        task = app.tasks[job.name]
-        root_id = parent_id = None
-        parent = app.current_worker_task
-        if parent:
-            root_id = parent.request.root_id or parent.request.id
-            parent_id = parent.request.id
-        amqp = app.amqp
-        headers2, properties, body, _ = amqp.as_task_v2(
-            job.id,
-            job.name,
-            args,
-            kwargs,
-            # What as_task_v2 would write: it makes empty args () and empty kwargs {} first.
-            argsrepr=plain_repr(args or (), amqp.argsrepr_maxsize),
-            kwargsrepr=plain_repr(kwargs or {}, amqp.kwargsrepr_maxsize),
-            eta=job.run_at,
-            reply_to=app.thread_oid,
-            time_limit=getattr(task, "time_limit", None),
-            soft_time_limit=getattr(task, "soft_time_limit", None),
-            root_id=root_id,
-            parent_id=parent_id,
-            ignore_result=None,  # send_task passes the option's, None unless given
+    def payload(self, job: Job, headers: dict[str, Any], priority: int) -> str:
+        """The JSON text of ``job``'s message (due at its ``run_at``, or now) as kombu's
+        virtual transports hand it to their ``_put`` (and the Redis one pushes it): what
+        ``app.amqp.as_task_v2`` and kombu's ``prepare_message`` make of it, with ``headers``
+        added to Celery's. Written as text from a template of what is the same for every job of
+        its worker and queue, without the dicts (their allocation and garbage collection were
+        most of a batch's cost). The body is the job's own JSON (``[args, kwargs, embed]``):
+        it decodes to what Celery's serializer writes."""
+        template = self._templates.get((job.name, job.queue))
+        if template is None or template.pid != os.getpid():  # origin names the process
+            template = self._templates[(job.name, job.queue)] = self._template(job)
+        dumps = json.dumps
+        task_id = dumps(job.id)
+        root_id = task_id
+        parent_id = "null"
+        parent = get_current_worker_task()
+        if parent:  # enqueued from a task: its root and parent
+            root_id = dumps(parent.request.root_id or parent.request.id)
+            parent_id = dumps(parent.request.id)
+        args_json, kwargs_json = job.args_json, job.kwargs_json
+        argsrepr = _EMPTY_ARGSREPR
+        if args_json != "[]":
+            argsrepr = dumps(self._repr(json.loads(args_json) or (), template.argsrepr_maxsize))
+        kwargsrepr = dumps(self._repr(json.loads(kwargs_json) or {}, template.kwargsrepr_maxsize))
+        run_at = job.run_at
+        eta = dumps(run_at.isoformat()) if run_at else "null"
+        body = base64.b64encode(f"[{args_json}, {kwargs_json}, {_EMBED}]".encode()).decode("ascii")
+        extra = "".join(f", {dumps(k)}: {dumps(v)}" for k, v in headers.items()) if headers else ""
+        return (
+            f'{{"body": "{body}", "content-encoding": "utf-8", "content-type": "application/json", '
+            f'"headers": {{{template.headers_before_id}"id": {task_id}, "shadow": null, "eta": {eta}, '
+            '"expires": null, "group": null, "group_index": null, "retries": 0, '
+            f'"timelimit": {template.timelimit}, "root_id": {root_id}, "parent_id": {parent_id}, '
+            f'"argsrepr": {argsrepr}, "kwargsrepr": {kwargsrepr}, {template.headers_after_repr}{extra}}}, '
+            f'"properties": {{"correlation_id": {task_id}, "reply_to": {dumps(self.app.thread_oid)}, '
+            f'{template.properties}, "priority": {int(priority)}, "body_encoding": "base64", '
+            f'"delivery_tag": "{uuid.uuid4()}"}}}}'
         )
-        if headers:
-            headers2.update(headers)
-        content_type, content_encoding, data = serialize(body, serializer="json")
-        if isinstance(data, str):
-            data = data.encode(content_encoding)
-        mode = self._modes.get(job.queue)
-        if mode is None:
-            queue = app.amqp.queues.get(job.queue)
-            mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
-            mode = self._modes[job.queue] = mode or _delivery_mode(app.conf.task_default_delivery_mode)
-        return {
-            "body": base64.b64encode(data).decode("ascii"),
-            "content-encoding": content_encoding,
-            "content-type": content_type,
-            "headers": headers2,
-            "properties": {
-                **properties,
-                "delivery_mode": mode,
-                "delivery_info": {"exchange": "", "routing_key": job.queue},
-                "priority": priority,
-                "body_encoding": "base64",
-                "delivery_tag": str(uuid.uuid4()),
-            },
-        }
+
+    def _template(self, job: Job) -> _Template:
+        """The JSON of what ``as_task_v2`` and ``prepare_message`` write the same for every
+        job of ``job``'s worker and queue in this process."""
+        app = self.app
+        amqp = app.amqp
+        task = app.tasks[job.name]
+        dumps = json.dumps
+        queue = amqp.queues.get(job.queue)
+        mode = getattr(getattr(queue, "exchange", None), "delivery_mode", None)
+        mode = mode or _delivery_mode(app.conf.task_default_delivery_mode)
+        delivery = {"exchange": "", "routing_key": job.queue}
+        return _Template(
+            pid=os.getpid(),
+            headers_before_id=f'"lang": "py", "task": {dumps(job.name)}, ',
+            timelimit=dumps([getattr(task, "time_limit", None), getattr(task, "soft_time_limit", None)]),
+            # ignore_result: send_task passes the option's, None unless given.
+            headers_after_repr=(
+                f'"origin": {dumps(anon_nodename())}, "ignore_result": null, '
+                '"replaced_task_nesting": 0, "stamped_headers": null, "stamps": {}'
+            ),
+            properties=f'"delivery_mode": {dumps(mode)}, "delivery_info": {dumps(delivery)}',
+            argsrepr_maxsize=amqp.argsrepr_maxsize,
+            kwargsrepr_maxsize=amqp.kwargsrepr_maxsize,
+        )
+
+    def _repr(self, value: Any, maxsize: int) -> str:
+        """``as_task_v2``'s ``argsrepr``/``kwargsrepr`` of ``value``: Celery's ``saferepr``."""
+        text = plain_repr(value, maxsize)
+        if text is None:
+            text = saferepr(value, maxsize, maxlevels=self.app.conf.task_repr_maxlevels)
+        return text
+
+
+@dataclass(frozen=True)
+class _Template:
+    """JSON fragments of a message, in Celery's order of its fields."""
+
+    pid: int
+    headers_before_id: str
+    timelimit: str
+    headers_after_repr: str
+    properties: str
+    argsrepr_maxsize: int
+    kwargsrepr_maxsize: int
+
+
+#: The argsrepr of a Worker job's (empty) args, as JSON.
+_EMPTY_ARGSREPR = json.dumps(repr(()))
+#: The body's third part, Celery's embed, as kombu's JSON serializer writes it.
+_EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
 
 
 def _delivery_mode(mode: Any) -> int:

@@ -36,6 +36,7 @@ from unified_jobs.adapters.sql.wakeup import poke_local
 
 if TYPE_CHECKING:
     from unified_jobs.adapters.sql.transport import Transport
+    from unified_jobs.core.job import Job
 
 
 __all__ = ["Channel", "QoS", "utcnow"]
@@ -181,25 +182,24 @@ class Channel(ControlChannel):
         else:  # the caller commits; whoever does pokes the other processes (batch_transaction)
             poke_local(self.connection.local_key)
 
-    def put_many(self, messages: list[tuple[str, dict[str, Any]]], connection: Any) -> None:
-        """``_put`` for a batch of job messages without unique keys, each (queue, message): one
-        INSERT statement for all the rows, in ``connection``'s transaction."""
+    def put_many(self, messages: list[tuple[Job, int, str]], connection: Any) -> None:
+        """``_put`` for a batch of Worker jobs' messages without unique keys, each (the job, its
+        message's priority, the message's JSON text, of ``LeanPublisher.payload``): the rows in
+        one statement (COPY on Postgres), in ``connection``'s transaction."""
         now = utcnow()
-        rows = []
-        for queue, message in messages:
-            props = message.get("properties") or {}
-            headers = message.get("headers") or {}
-            rows.append(
-                {
-                    "queue": queue,
-                    "task_name": _text(headers.get("task")),
-                    "task_id": _text(headers.get("id") or props.get("correlation_id")),
-                    "payload": json.dumps(message),
-                    "priority": _priority(props.get("priority")),
-                    "run_at": _run_at(headers.get("eta"), now),
-                    "now": now,
-                }
-            )
+        rows = [
+            {
+                "queue": job.queue,
+                "task_name": _text(job.name),
+                "task_id": _text(job.id),
+                "payload": payload,
+                "priority": priority,
+                # As _run_at makes of the message's eta: a time past is now.
+                "run_at": now if job.run_at is None else max(aware(job.run_at), now),
+                "now": now,
+            }
+            for job, priority, payload in messages
+        ]
         self.leases.enqueue_many(rows, connection)
         # No poke here: the rows are not committed yet; batch_transaction pokes after the commit.
 

@@ -43,6 +43,8 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from unified_jobs.adapters.sql.schema import QUEUED
+
 if TYPE_CHECKING:
     from unified_jobs.adapters.sql.options import SqlOptions
     from unified_jobs.adapters.sql.queries import Queries
@@ -55,6 +57,21 @@ _UTC = timezone.utc
 
 #: What became of a claimed job.
 Action = Literal["ack", "reject", "requeue", "supersede", "cancel"]
+
+
+#: The columns ``_copy`` writes, in its rows' order.
+_COPY_COLUMNS = (
+    "queue",
+    "task_name",
+    "task_id",
+    "payload",
+    "status",
+    "priority",
+    "run_at",
+    "attempts",
+    "created_at",
+    "updated_at",
+)
 
 
 def utcnow() -> datetime:
@@ -254,8 +271,50 @@ class Leases:
 
     def enqueue_many(self, rows: list[dict[str, Any]], connection: Connection) -> None:
         """Insert ``queued`` rows without unique keys (``enqueue``'s parameters each) in one
-        statement, in ``connection``'s transaction."""
+        statement, in ``connection``'s transaction: COPY on Postgres (psycopg 3), about four
+        times the rows a second of an INSERT's executemany."""
+        dialect = connection.dialect
+        if len(rows) > 1 and dialect.name == "postgresql" and dialect.driver == "psycopg":
+            self._copy(rows, connection)
+            return
         connection.execute(self.q.enqueue, rows)
+
+    def _copy(self, rows: list[dict[str, Any]], connection: Connection) -> None:
+        """``enqueue_many`` with Postgres's ``COPY ... FROM STDIN``, through the psycopg
+        connection under ``connection`` (so in its transaction). The rows' triggers fire as for
+        an INSERT (the NOTIFY that wakes the workers). A database error comes out as
+        SQLAlchemy's, as an ``execute``'s does, the connection invalidated if it is lost."""
+        import psycopg
+        from sqlalchemy.exc import DBAPIError
+
+        table = connection.dialect.identifier_preparer.format_table(self.q.enqueue.table)
+        sql = f"COPY {table} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+        raw: Any = connection.connection.driver_connection
+        try:
+            with raw.cursor() as cursor, cursor.copy(sql) as copy:
+                for row in rows:
+                    now = row["now"]
+                    copy.write_row(
+                        (
+                            row["queue"],
+                            row["task_name"],
+                            row["task_id"],
+                            row["payload"],
+                            QUEUED,
+                            row["priority"],
+                            row["run_at"],
+                            0,
+                            now,
+                            now,
+                        )
+                    )
+        except psycopg.Error as exc:
+            lost = connection.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
+            if lost:
+                connection.invalidate(exc)
+            raise DBAPIError.instance(
+                sql, None, exc, psycopg.Error, connection_invalidated=lost, dialect=connection.dialect
+            ) from exc
 
     def _insert(
         self, conn: Connection, params: dict[str, Any], key: str | None, until: datetime | None, refuse: bool
