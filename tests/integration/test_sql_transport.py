@@ -14,6 +14,7 @@ import pytest
 from kombu import Connection
 from sqlalchemy import func, select
 
+from tests.conftest import PG_HOST, PG_PORT, PG_URL, require_service
 from tests.integration.conftest_sql import SqlQueue, sqlq_fixture, wait_for  # noqa: F401  (fixture)
 from unified_jobs.adapters.sql import (
     SCHEMA_VERSION,
@@ -521,3 +522,67 @@ def test_sqlite_busy_is_not_an_outage_an_outcome_waits_and_reaping_is_not_held_b
         statuses = {r.task_id: r.status for r in rows}
     assert statuses == {"j0": "completed", "j1": "queued"}
     engine.dispose()
+
+
+def _terminate_backend(engine: Any) -> int:
+    """The pid of the pooled connection's server process, which is then terminated from
+    another connection (as an admin, a failover or a pooler's restart would)."""
+    import psycopg
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pid = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+    with psycopg.connect(PG_URL, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+    time.sleep(0.1)  # the server process has exited (well within PING_AFTER_IDLE_SEC)
+    return pid
+
+
+def _backend_pid(engine: Any) -> int:
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        return int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+def test_a_pooled_postgres_connection_lost_while_idle_is_replaced_without_an_error() -> None:
+    """A connection idle for more than PING_AFTER_IDLE_SEC is pinged as it is handed out: one
+    the server dropped meanwhile is replaced, and the caller sees no error."""
+    from unified_jobs.adapters.sql import engine as engines
+
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    engine = engines.get_engine(
+        PG_URL, engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 31}
+    )
+    dropped = _terminate_backend(engine)
+    time.sleep(engines.PING_AFTER_IDLE_SEC + 0.2)
+    assert _backend_pid(engine) != dropped
+
+
+def test_a_postgres_connection_used_a_moment_ago_is_not_pinged_and_a_lost_one_fails_once() -> None:
+    """Within PING_AFTER_IDLE_SEC of its last use a connection is handed out without a round
+    trip; if the server dropped it in that second, the statement fails with a database error
+    (nothing half-done: the connection was gone), and the pool connects anew for the next."""
+    from sqlalchemy.exc import OperationalError
+
+    from unified_jobs.adapters.sql import engine as engines
+
+    require_service("PostgreSQL", PG_HOST, PG_PORT)
+    engine = engines.get_engine(
+        PG_URL, engine_options={"pool_size": 1, "max_overflow": 0, "pool_timeout": 32}
+    )
+    pings: list[int] = []
+    do_ping = engine.dialect.do_ping
+    engine.dialect.do_ping = lambda conn: pings.append(1) or do_ping(conn)  # type: ignore[method-assign]
+    try:
+        _backend_pid(engine)  # connected, so checked in just now
+        before = len(pings)
+        pid = _backend_pid(engine)
+        assert len(pings) == before, "a connection used a moment ago was pinged"
+        dropped = _terminate_backend(engine)
+        assert dropped == pid
+        with pytest.raises(OperationalError):
+            _backend_pid(engine)
+        assert _backend_pid(engine) != dropped
+    finally:
+        engine.dialect.do_ping = do_ping  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import threading
+from time import monotonic
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -136,14 +137,51 @@ def _options_key(options: dict[str, Any] | None) -> str:
     return json.dumps(options or {}, sort_keys=True, default=repr)
 
 
+#: Seconds: a pooled Postgres connection checked in more recently than this is handed out
+#: without a ping (a round trip), unless psycopg already knows it is lost.
+PING_AFTER_IDLE_SEC = 1.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    """SQLAlchemy's ``pool_pre_ping``, for connections idle more than ``PING_AFTER_IDLE_SEC``
+    only: a ping is a round trip, a third of a one-job enqueue's time. A connection used a
+    moment ago is alive unless the server went away since (psycopg's ``broken``, once it
+    noticed); one that went away unnoticed within that second fails its statement with an
+    error (an ``EnqueueError`` for an enqueue: nothing is written), as after any outage."""
+    from sqlalchemy.exc import DisconnectionError
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        record.info["unified_jobs_used"] = monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        used = record.info.pop("unified_jobs_used", None)
+        if getattr(dbapi_conn, "broken", False) or getattr(dbapi_conn, "closed", False):
+            raise DisconnectionError("the connection was lost")  # the pool connects anew
+        if used is not None and monotonic() - used < PING_AFTER_IDLE_SEC:
+            return
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:
+            if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+                raise DisconnectionError(str(exc)) from exc
+            raise
+        if not alive:
+            raise DisconnectionError("the connection did not answer a ping")
+
+
 def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[str, Any]) -> Engine:
     if url.get_backend_name() == "postgresql":
         # A server that does not answer fails the connect, not hangs it (libpq waits forever).
         url = make_url(with_timeouts(url.render_as_string(hide_password=False)))
-        options.setdefault("pool_pre_ping", True)
+        ping = options.pop("pool_pre_ping", None)
         options.setdefault("pool_size", 5)
         options.setdefault("max_overflow", 10)
-        return create_engine(url, **options)
+        engine = create_engine(url, pool_pre_ping=bool(ping), **options)
+        if ping is None:  # not set in queue.engine_options: ping only connections left idle
+            _ping_when_idle(engine)
+        return engine
 
     synchronous = synchronous.upper()
     if synchronous not in _SQLITE_SYNCHRONOUS:
