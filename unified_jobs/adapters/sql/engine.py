@@ -164,7 +164,7 @@ def _ping_when_idle(engine: Engine) -> None:
         try:
             alive = engine.dialect.do_ping(dbapi_conn)
         except Exception as exc:
-            if engine.dialect.is_disconnect(exc, dbapi_conn, None):
+            if engine.dialect.is_disconnect(exc, dbapi_conn, None):  # type: ignore[arg-type]
                 raise DisconnectionError(str(exc)) from exc
             raise
         if not alive:
