@@ -34,12 +34,14 @@ HELD = 8
 
 
 def _where(url: str, job_ids: list[str]) -> str:
-    """Where each job's message is in Redis now (its queue, the unacked hash, nowhere)."""
+    """Where each job's message is in Redis now (a list of its queue, of any priority; the
+    unacked hash; nowhere)."""
     import redis as redis_py
 
     client = redis_py.Redis.from_url(url)
     lines = []
-    queued = b"".join(client.lrange("default", 0, -1))
+    lists = [key for key in client.keys("default*") if client.type(key) == b"list"]
+    queued = b"".join(b"".join(client.lrange(key, 0, -1)) for key in lists)
     unacked = b"".join(v for v in client.hgetall("unacked").values())
     for job_id in job_ids:
         places = [name for name, blob in (("queue", queued), ("unacked", unacked)) if job_id.encode() in blob]
