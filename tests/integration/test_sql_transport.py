@@ -102,6 +102,28 @@ def test_a_version_1_schema_is_upgraded_in_place(sqlq: SqlQueue) -> None:
         assert conn.SimpleQueue("q").get(timeout=2).payload == "kept"
 
 
+def test_a_jobs_table_dropped_by_hand_is_created_again_though_the_version_table_remains(
+    sqlq: SqlQueue,
+) -> None:
+    """The version table said "done" while the jobs table was gone, and every enqueue failed
+    on the missing table: the schema check looks for the jobs table too."""
+    from sqlalchemy import inspect, text
+
+    from unified_jobs.adapters.sql import schema
+
+    assert ensure_schema(sqlq.db_uri, sqlq.prefix) == SCHEMA_VERSION
+    with sqlq.engine.begin() as conn:
+        conn.execute(text(f"DROP TABLE {sqlq.tables.jobs.name}"))
+    schema._done.clear()  # as in a new process
+    with connect(sqlq) as conn:
+        _put(conn, "q", "after the drop")
+        assert conn.SimpleQueue("q").get(timeout=2).payload == "after the drop"
+    with sqlq.engine.begin() as db:
+        assert inspect(db).has_table(sqlq.tables.jobs.name)
+        versions = db.execute(select(sqlq.tables.version.c.version)).scalars().all()
+    assert sorted(versions) == list(range(1, SCHEMA_VERSION + 1))
+
+
 def test_priority_then_age_orders_the_claim_and_ack_completes(sqlq: SqlQueue) -> None:
     with connect(sqlq) as conn:
         for name, priority in [("a", 0), ("b", 3), ("c", 0), ("d", 9)]:

@@ -399,7 +399,11 @@ if hasattr(os, "register_at_fork"):
 
 
 def _current_version(conn: Connection, t: Tables) -> int:
-    if not inspect(conn).has_table(t.version.name):
+    """The schema version the tables are at: 0 without a version table, and 0 too when the
+    jobs table is missing although the version table says otherwise (dropped by hand: the
+    steps then run again, each of them idempotent)."""
+    tables = inspect(conn)
+    if not tables.has_table(t.version.name) or not tables.has_table(t.jobs.name):
         return 0
     return int(conn.execute(select(func.coalesce(func.max(t.version.c.version), 0))).scalar_one())
 
@@ -439,6 +443,16 @@ def _migrate(engine: Engine, t: Tables) -> int:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(t)})
         version = _current_version(conn, t)
+        if version == 0 and inspect(conn).has_table(t.version.name):
+            stale = conn.execute(select(func.count()).select_from(t.version)).scalar_one()
+            if stale:
+                logger.warning(
+                    "table %s lists %d schema steps but %s is missing; creating the schema again",
+                    t.version.name,
+                    stale,
+                    t.jobs.name,
+                )
+                conn.execute(t.version.delete())
         for step in range(version + 1, SCHEMA_VERSION + 1):
             logger.info("applying unified_jobs SQL schema step %d to %s", step, t.jobs.name)
             _MIGRATIONS[step](conn, t)
