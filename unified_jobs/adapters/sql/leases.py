@@ -364,12 +364,22 @@ class Leases:
             "lease_until": now + timedelta(seconds=self.options.lease_sec),
         }
         try:
-            with self.engine.begin() as conn:
-                self._begin_fast(conn)
-                rows = list(conn.execute(self.q.claim, params).all())
-                if not rows:
-                    due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
-                    self.next_due = aware(due) if isinstance(due, datetime) else None
+            if self.engine.dialect.name == "postgresql":
+                # One statement, atomic by itself: in autocommit (no BEGIN, no COMMIT), and
+                # committing asynchronously by its own set_config where async_commit is on.
+                with self.engine.connect() as plain:
+                    conn = plain.execution_options(isolation_level="AUTOCOMMIT")
+                    claim = self.q.claim_async if self.options.async_commit else None
+                    rows = list(conn.execute(claim if claim is not None else self.q.claim, params).all())
+                    if not rows:
+                        due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
+                        self.next_due = aware(due) if isinstance(due, datetime) else None
+            else:
+                with self.engine.begin() as conn:
+                    rows = list(conn.execute(self.q.claim, params).all())
+                    if not rows:
+                        due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
+                        self.next_due = aware(due) if isinstance(due, datetime) else None
         except SQLAlchemyError as exc:
             self._note_failure(exc)
             raise

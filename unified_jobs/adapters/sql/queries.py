@@ -102,6 +102,10 @@ class Queries:
     counts: Select[Any]
     # Postgres only: a cheaper commit for claims, acks and heartbeats
     async_commit: TextClause | None
+    # Postgres only: ``claim`` committing asynchronously by itself (``set_config`` of
+    # synchronous_commit for its own transaction), run in autocommit: one round trip where
+    # BEGIN, SET LOCAL, the UPDATE and COMMIT were four
+    claim_async: Update | None
 
 
 @lru_cache(maxsize=64)
@@ -224,6 +228,11 @@ def queries_for(t: Tables, dialect: str) -> Queries:
         .group_by(c.queue, c.status)
         .order_by(c.queue, c.status),
         async_commit=text("SET LOCAL synchronous_commit = off") if dialect == "postgresql" else None,
+        claim_async=(
+            claim.where(func.set_config("synchronous_commit", "off", True).is_not(None))
+            if dialect == "postgresql"
+            else None
+        ),
     )
 
 
