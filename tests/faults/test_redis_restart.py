@@ -171,8 +171,9 @@ def test_a_message_whose_take_reply_is_lost_is_held_unacked_and_comes_back(tmp_p
                 )
                 with pytest.raises(redis_py.ConnectionError):
                     queue.get(timeout=5)
-            assert client.llen("lost-reply") == 1, "not taken"
-            assert client.hlen("unacked") == 1, "taken and held nowhere: lost"
+            # One take took both (its prefetch room is unlimited), and holds both.
+            assert client.llen("lost-reply") == 0, "not taken"
+            assert client.hlen("unacked") == 2, "taken and held nowhere: lost"
             # The worker's sweep (a timer in a worker) puts it back once visibility_timeout passed.
             time.sleep(1.2)
             queue.channel.qos.restore_visible(interval=1)
@@ -274,5 +275,52 @@ def test_acks_in_a_worker_event_loop_are_written_together_and_before_the_channel
         hub.close()
     finally:
         set_event_loop(previous)
+        client.close()
+        server.stop()
+
+
+def test_one_fetch_takes_as_many_messages_as_the_prefetch_room_in_brpops_order(tmp_path: Path) -> None:
+    """A busy consumer takes up to its prefetch room (at most FETCH_MAX) in one FETCH, each
+    message held unacked, in the order BRPOPs would take them (higher priority first); a
+    consumer that fails on one puts the others of its take back at the head of their lists."""
+    import redis as redis_py
+    from kombu import Connection
+
+    server = PrivateRedis(tmp_path)
+    transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
+    client = redis_py.Redis.from_url(server.url)
+    try:
+        with Connection(server.url, transport=transport) as conn:
+            queue = conn.SimpleQueue("many")
+            queue.consumer.qos(prefetch_count=3)
+            for n, priority in enumerate([0, 0, 9, 0, 0]):
+                queue.put({"n": n}, priority=priority)
+            first = queue.get(timeout=5)
+            assert client.hlen("unacked") == 3, "one FETCH took the prefetch room: 3 messages"
+            got = [first, queue.get(timeout=5), queue.get(timeout=5)]
+            # kombu's priorities: 9 is its lowest-first list, read last (as BRPOP reads them).
+            assert [m.payload["n"] for m in got] == [0, 1, 3]
+            for message in got:
+                message.ack()
+            channel: Any = queue.channel
+            deliver = channel.connection._deliver
+            calls: list[int] = []
+
+            def failing(payload: Any, queue_name: str) -> None:
+                calls.append(1)
+                raise RuntimeError("the consumer failed on it")
+
+            channel.connection._deliver = failing
+            try:
+                with pytest.raises(RuntimeError):
+                    queue.get(timeout=5)
+            finally:
+                channel.connection._deliver = deliver
+            assert calls == [1]
+            # The one it failed on stays held; the other of the take is back in its list.
+            assert client.hlen("unacked") == 1
+            assert sum(client.llen(key) for key in client.keys("many*") if client.type(key) == b"list") == 1
+            queue.close()
+    finally:
         client.close()
         server.stop()

@@ -132,34 +132,49 @@ return {moved, #more}
 
 
 # KEYS[1], KEYS[2]: the unacked hash and its index (kombu's); KEYS[3..]: the lists, in the order
-# kombu's BRPOP reads them. ARGV[1]: now (the client's clock, as kombu's QoS.append scores it).
-# Pops the first message and holds it unacked as QoS.append would ([message, exchange, routing
-# key], the message as it was pushed): {its list's number, the message, 1}. A message that is
-# not kombu's JSON (no delivery tag to hold it by) is popped and not held, as BRPOP would:
-# {number, message, 0}. Nothing in any list: nil.
+# kombu's BRPOP reads them. ARGV[1]: now (the client's clock, as kombu's QoS.append scores it);
+# ARGV[2]: at most this many messages. Each take pops the first message of the first list that
+# has one (as many BRPOPs in a row would) and holds it unacked as QoS.append would ([message,
+# exchange, routing key], the message as it was pushed). Returns {list number, message, held}
+# for each message taken, flat: held is 1, or 0 for a message that is not kombu's JSON (no
+# delivery tag to hold it by), popped and not held as BRPOP would. Nothing in any list: nil.
 _FETCH = """
-for i = 3, #KEYS do
-  local item = redis.call('RPOP', KEYS[i])
-  if item then
-    local ok, m = pcall(cjson.decode, item)
-    local p = ok and type(m) == 'table' and m['properties']
-    local tag = type(p) == 'table' and p['delivery_tag']
-    local info = type(p) == 'table' and p['delivery_info']
-    if type(tag) == 'string' and type(info) == 'table' then
-      redis.call('ZADD', KEYS[2], ARGV[1], tag)
-      local route = cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key'])
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. route .. ']')
-      return {i - 2, item, 1}
+local out = {}
+local limit = tonumber(ARGV[2])
+while #out < 3 * limit do
+  local found = false
+  for i = 3, #KEYS do
+    local item = redis.call('RPOP', KEYS[i])
+    if item then
+      found = true
+      local ok, m = pcall(cjson.decode, item)
+      local p = ok and type(m) == 'table' and m['properties']
+      local tag = type(p) == 'table' and p['delivery_tag']
+      local info = type(p) == 'table' and p['delivery_info']
+      local held = 0
+      if type(tag) == 'string' and type(info) == 'table' then
+        redis.call('ZADD', KEYS[2], ARGV[1], tag)
+        local route = cjson.encode(info['exchange']) .. ',' .. cjson.encode(info['routing_key'])
+        redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. route .. ']')
+        held = 1
+      end
+      table.insert(out, i - 2)
+      table.insert(out, item)
+      table.insert(out, held)
+      break
     end
-    return {i - 2, item, 0}
   end
+  if not found then break end
 end
-return false
+if #out == 0 then return false end
+return out
 """
 _FETCH_SHA = hashlib.sha1(_FETCH.encode()).hexdigest()
 
 #: Seconds a channel takes messages with BRPOP after Redis refused FETCH (then it tries again).
 FETCH_REFUSED_PAUSE = 60.0
+#: The most messages one FETCH takes (also bounded by the consumer's prefetch room).
+FETCH_MAX = 10
 
 #: Delivery tags FETCH held unacked whose ``QoS.append`` has not come yet (it skips the write).
 _held: set[str] = set()
@@ -529,7 +544,11 @@ class DelayedMixin:
         channel._in_poll = connection
         channel._brpop_sent_at = time.monotonic()
         self._fetching = keys
-        connection.send_command(*script, len(names), *(prefix + name for name in names), repr(time.time()))
+        # As many as the prefetch limit lets this consumer take now (kombu's BRPOP takes one).
+        room = qos.can_consume_max_estimate()
+        limit = max(1, min(FETCH_MAX, room if room is not None else FETCH_MAX))
+        args = (repr(time.time()), limit)
+        connection.send_command(*script, len(names), *(prefix + name for name in names), *args)
 
     def _brpop_read(self, **options: Any) -> Any:
         keys = self._fetching
@@ -566,27 +585,45 @@ class DelayedMixin:
             if not reply:
                 self._fetch_next = False
                 raise Empty()
-            number, item, held = reply
-            dest = keys[int(number) - 1].rsplit(channel.sep, 1)[0]
-            channel._queue_cycle.rotate(dest)
-            payload = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
-            tag = payload["properties"]["delivery_tag"] if int(held) else None
-            if tag is not None:
-                _held.add(tag)
-            try:
-                channel.connection._deliver(payload, dest)
-            except BaseException:
-                # Not taken (the consumer failed on it): it stays held, and comes back after
-                # visibility_timeout, where BRPOP's would have been lost.
-                _held.discard(tag)
-                raise
-            if tag is not None and tag in _held:  # taken by a consumer without acks (no_ack)
-                _held.discard(tag)
-                channel.qos._remove_from_indices(tag).execute()
+            taken = [reply[i : i + 3] for i in range(0, len(reply), 3)]
+            for n, (number, item, held) in enumerate(taken):
+                dest = keys[int(number) - 1].rsplit(channel.sep, 1)[0]
+                channel._queue_cycle.rotate(dest)
+                payload = loads(bytes_to_str(item))  # type: ignore[no-untyped-call]
+                tag = payload["properties"]["delivery_tag"] if int(held) else None
+                if tag is not None:
+                    _held.add(tag)
+                try:
+                    channel.connection._deliver(payload, dest)
+                except BaseException:
+                    # Not taken (the consumer failed on it): it stays held, and comes back after
+                    # visibility_timeout, where BRPOP's would have been lost. The ones taken
+                    # with it and not delivered yet go back to their lists at once.
+                    _held.discard(tag)
+                    self._put_back(taken[n + 1 :], keys)
+                    raise
+                if tag is not None and tag in _held:  # taken by a consumer without acks (no_ack)
+                    _held.discard(tag)
+                    channel.qos._remove_from_indices(tag).execute()
             return True
         finally:
             channel._in_poll = None
             channel._flush_brpop_reauth()
+
+    def _put_back(self, taken: list[Any], keys: list[str]) -> None:
+        """Messages FETCH took and held that were not delivered: back to the head of their
+        lists (kombu's ``restore_by_tag``); one that was not held is pushed back as it was."""
+        channel: Any = self
+        for number, item, held in taken:
+            try:
+                if int(held):
+                    tag = loads(bytes_to_str(item))["properties"]["delivery_tag"]  # type: ignore[no-untyped-call]
+                    channel.qos.restore_by_tag(tag, leftmost=True)
+                else:
+                    with channel.conn_or_acquire() as client:  # it prefixes the key itself
+                        client.rpush(keys[int(number) - 1], item)
+            except Exception:  # held ones come back after visibility_timeout all the same
+                logger.warning("could not put a taken message back on its list", exc_info=True)
 
     def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
         result = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
