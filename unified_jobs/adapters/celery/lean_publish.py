@@ -3,12 +3,13 @@ it, without their per-call machinery (routing, option merging, the producer pool
 the queue declaration): the Redis kind pushes it with the job's record in one command, and the
 SQL kinds insert a batch's rows in one statement.
 
-The message is Celery's own: its headers, properties and body come from
-``app.amqp.as_task_v2``, the function ``send_task`` calls, with what ``send_task`` passes it
-(the task's time limits, the thread's reply queue, the parent and root of a job enqueued from a
-task). The envelope is kombu's virtual transport's (``prepare_message`` and what
-``basic_publish`` adds). ``tests/integration/test_lean_publish.py`` compares the two, field by
-field, with what ``send_task`` pushes for the same jobs.
+The message is Celery's own: the headers, properties and body that ``app.amqp.as_task_v2``
+(the function ``send_task`` calls) writes with what ``send_task`` passes it (the task's time
+limits, the thread's reply queue, the parent and root of a job enqueued from a task), in
+kombu's virtual transport's envelope (``prepare_message`` and what ``basic_publish`` adds).
+It is written as JSON text, field for field in Celery's order, from a template per worker and
+queue (``payload``). ``tests/integration/test_lean_publish.py`` compares it, field by field,
+with what ``send_task`` pushes for the same jobs.
 
 Used only where nothing in the app's configuration could make Celery publish the message
 differently (``usable``): otherwise, ``send_task`` as before.
