@@ -232,53 +232,6 @@ def test_fetch_holds_a_message_as_kombus_append_does(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_acks_in_a_worker_event_loop_are_written_together_and_before_the_channel_closes(
-    tmp_path: Path,
-) -> None:
-    """In a worker's event loop (a kombu hub, the main thread) acks wait ACK_BATCH_SEC and are
-    written in one MULTI/EXEC; the ones still waiting are written when the channel closes (the
-    worker stops), so no acked message is left held to come back later. Outside a hub an ack
-    is written at once, as kombu's."""
-    import redis as redis_py
-    from kombu import Connection
-    from kombu.asynchronous import Hub, get_event_loop, set_event_loop
-
-    from unified_jobs.adapters.celery.kinds import redis_transport
-
-    server = PrivateRedis(tmp_path)
-    transport = "unified_jobs.adapters.celery.kinds.redis_transport:Transport"
-    client = redis_py.Redis.from_url(server.url)
-    previous = get_event_loop()
-    try:
-        with Connection(server.url, transport=transport) as conn:
-            queue = conn.SimpleQueue("acks")
-            for n in range(4):
-                queue.put({"n": n})
-            got = [queue.get(timeout=5) for _ in range(4)]
-            got[0].ack()  # no hub: written at once
-            assert client.hlen("unacked") == 3
-            hub = Hub()
-            set_event_loop(hub)
-            got[1].ack()
-            got[2].ack()
-            assert client.hlen("unacked") == 3, "an ack in the loop was written before its batch"
-            time.sleep(redis_transport.ACK_BATCH_SEC * 2)
-            hub.fire_timers(propagate=(BaseException,))
-            assert client.hlen("unacked") == 1 and client.zcard("unacked_index") == 1
-            got[3].ack()
-            assert client.hlen("unacked") == 1
-            queue.close()
-        # The connection closed its channel (as a stopping worker does): the waiting ack is
-        # written, and nothing was restored to the queue.
-        assert client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0
-        assert client.llen("acks") == 0
-        hub.close()
-    finally:
-        set_event_loop(previous)
-        client.close()
-        server.stop()
-
-
 def test_one_fetch_takes_as_many_messages_as_the_prefetch_room_in_brpops_order(tmp_path: Path) -> None:
     """A busy consumer takes up to its prefetch room (at most FETCH_MAX) in one FETCH, each
     message held unacked, in the order BRPOPs would take them (higher priority first); a

@@ -343,72 +343,11 @@ def _worker_stopping() -> bool:
     return state.should_stop is not None or state.should_terminate is not None
 
 
-#: Seconds an ack made in a worker's event loop waits, to be written with the others of that
-#: moment in one MULTI/EXEC (kombu wrote each in a round trip of its own, in the loop).
-ACK_BATCH_SEC = 0.005
-#: Seconds before acks whose write failed (Redis does not answer) are tried again.
-ACK_RETRY_SEC = 1.0
-
-
 class QoS(kombu_redis.QoS):
     """kombu's, whose ``append`` (the unacked entry of a message BRPOP just took off its list)
     is tried again while Redis does not answer. kombu's gave up at the first connection
     error, and the message, in no list and in no unacked hash by then, was gone (a Redis
-    restart lost a job so, about once in 300).
-
-    In a worker's event loop (Celery's hub, its main thread) an ack is written
-    ``ACK_BATCH_SEC`` later with the others of that moment, in one MULTI/EXEC. A job is acked
-    after its outcome is recorded, so an ack lost to a crash in between only redelivers a
-    message whose record says it ended: a Worker job is then acked without running again
-    (a plain Celery task runs again, as after a crash just before its ack)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-        self._acks: list[Any] = []
-        self._acks_timer: Any = None
-
-    def ack(self, delivery_tag: Any) -> None:
-        from kombu.asynchronous import get_event_loop
-
-        hub: Any = get_event_loop()
-        if hub is None or threading.current_thread() is not threading.main_thread():
-            super().ack(delivery_tag)  # type: ignore[no-untyped-call]
-            return
-        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]  # kombu's state: done
-        self._acks.append(delivery_tag)
-        if self._acks_timer is None:
-            self._acks_timer = hub.call_later(ACK_BATCH_SEC, self.flush_acks)
-
-    def flush_acks(self) -> None:
-        """Write the acks waiting: every one of them, in one MULTI/EXEC. If Redis does not
-        answer, they wait for the next try (``ACK_RETRY_SEC``); their messages stay held
-        unacked meanwhile, as kombu leaves a message whose ack failed."""
-        self._acks_timer = None
-        tags, self._acks = self._acks, []
-        if not tags:
-            return
-        try:
-            with self.pipe_or_acquire() as pipe:
-                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._acks = tags + self._acks
-            logger.warning(
-                "could not write %d acks (%s); trying again in %g s", len(tags), exc, ACK_RETRY_SEC
-            )
-            from kombu.asynchronous import get_event_loop
-
-            hub: Any = get_event_loop()
-            if hub is not None and self._acks_timer is None:
-                self._acks_timer = hub.call_later(ACK_RETRY_SEC, self.flush_acks)
-
-    def restore_unacked_once(self, stderr: Any = None) -> Any:
-        # The channel closes (the worker stops): the acks waiting first.
-        if self._acks_timer is not None:
-            with contextlib.suppress(Exception):
-                self._acks_timer.cancel()
-        with contextlib.suppress(Exception):
-            self.flush_acks()
-        return super().restore_unacked_once(stderr)  # type: ignore[no-untyped-call]
+    restart lost a job so, about once in 300)."""
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         if delivery_tag in _held:  # FETCH holds it unacked already
