@@ -50,7 +50,7 @@ _PLAIN_SETTINGS = {
 
 
 class LeanPublisher:
-    """Builds a Worker job's message for the Redis kind's list (``envelope``)."""
+    """Builds a Worker job's message (``payload``) for the Redis kind's list and the SQL kinds' rows."""
 
     def __init__(self, app: Any, own_router: Any = None) -> None:
         self.app = app
@@ -60,7 +60,7 @@ class LeanPublisher:
         self._templates: dict[tuple[str, str], _Template] = {}  # by worker and queue
 
     def usable(self, job: Job) -> bool:
-        """Whether ``send_task`` would publish ``job`` as ``envelope`` builds it."""
+        """Whether ``send_task`` would publish ``job`` as ``payload`` writes it."""
         # Anyone listening to the publish (``before_task_publish`` may change the message).
         if signals.before_task_publish.receivers or signals.after_task_publish.receivers:
             return False

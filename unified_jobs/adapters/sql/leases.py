@@ -35,6 +35,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta, timezone
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
@@ -292,22 +293,10 @@ class Leases:
         raw: Any = connection.connection.driver_connection
         try:
             with raw.cursor() as cursor, cursor.copy(sql) as copy:
-                for row in rows:
-                    now = row["now"]
-                    copy.write_row(
-                        (
-                            row["queue"],
-                            row["task_name"],
-                            row["task_id"],
-                            row["payload"],
-                            QUEUED,
-                            row["priority"],
-                            row["run_at"],
-                            0,
-                            now,
-                            now,
-                        )
-                    )
+                for r in rows:
+                    now = r["now"]
+                    values = (r["queue"], r["task_name"], r["task_id"], r["payload"], QUEUED)
+                    copy.write_row((*values, r["priority"], r["run_at"], 0, now, now))
         except psycopg.Error as exc:
             lost = connection.dialect.is_disconnect(exc, raw, None)  # type: ignore[arg-type]
             if lost:
@@ -364,22 +353,21 @@ class Leases:
             "lease_until": now + timedelta(seconds=self.options.lease_sec),
         }
         try:
+            claim = self.q.claim
+            transaction: AbstractContextManager[Connection]
             if self.engine.dialect.name == "postgresql":
                 # One statement, atomic by itself: in autocommit (no BEGIN, no COMMIT), and
                 # committing asynchronously by its own set_config where async_commit is on.
-                with self.engine.connect() as plain:
-                    conn = plain.execution_options(isolation_level="AUTOCOMMIT")
-                    claim = self.q.claim_async if self.options.async_commit else None
-                    rows = list(conn.execute(claim if claim is not None else self.q.claim, params).all())
-                    if not rows:
-                        due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
-                        self.next_due = aware(due) if isinstance(due, datetime) else None
+                if self.options.async_commit and self.q.claim_async is not None:
+                    claim = self.q.claim_async
+                transaction = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             else:
-                with self.engine.begin() as conn:
-                    rows = list(conn.execute(self.q.claim, params).all())
-                    if not rows:
-                        due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
-                        self.next_due = aware(due) if isinstance(due, datetime) else None
+                transaction = self.engine.begin()
+            with transaction as conn:
+                rows = list(conn.execute(claim, params).all())
+                if not rows:
+                    due = conn.execute(self.q.next_due, {"queues": list(queues)}).scalar()
+                    self.next_due = aware(due) if isinstance(due, datetime) else None
         except SQLAlchemyError as exc:
             self._note_failure(exc)
             raise
