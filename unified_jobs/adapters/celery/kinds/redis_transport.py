@@ -392,6 +392,20 @@ class DelayedMixin:
     QoS = QoS
     _mover: Mover | None = None
 
+    def _get_pool(self, asynchronous: bool = False) -> Any:
+        transport = getattr(self, "connection", None)
+        if transport is None or transport.client is None:
+            # The connection closed (a connection loss: Celery's consumer closes it, and kombu's
+            # transport lets go of its parameters), and something still uses this channel: an
+            # ack Celery's event loop runs as it resets, a close cut short by the outage. kombu
+            # raised AttributeError from _connparams here, which neither ack_log_error nor
+            # Celery's reconnect catch: the hub was left without a poller, or the worker ended
+            # ("Unrecoverable error") and ran nothing more. A connection error is what they
+            # handle: the ack is logged as not done, and its message comes back after
+            # visibility_timeout, where the job store tells that its attempt already ended.
+            raise redis.ConnectionError("the connection of this Redis channel is closed")
+        return super()._get_pool(asynchronous)  # type: ignore[misc]
+
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:
             return super()._create_client(asynchronous=True)  # type: ignore[misc]
