@@ -55,6 +55,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Row
 from sqlalchemy.sql.dml import Insert, ReturningDelete
 
+from unified_jobs.adapters.sql import fork_guard
 from unified_jobs.adapters.sql.leases import aware, utcnow
 from unified_jobs.adapters.sql.schema import Tables
 
@@ -377,7 +378,8 @@ class Broadcast:
             marks = ", ".join("?" for _ in queues)
             sql = f"SELECT 1 FROM {self.tables.control.name} WHERE queue IN ({marks}) LIMIT 1"
             self._peek_sql[len(queues)] = sql
-        with self._peek_lock:
+        # The fork guard first, and left last: a fork never finds the lock held.
+        with fork_guard.guard.held(), self._peek_lock:
             # A connection of its own, outside the engine's pool: taking a pooled one ten times
             # a second costs more than the read, and makes the claims alternate connections.
             if self._peek is None or self._peek_pid != os.getpid():
@@ -388,7 +390,7 @@ class Broadcast:
 
     def close(self) -> None:
         """Close the SQLite peek connection, if one was opened (the transport is closing)."""
-        with self._peek_lock:
+        with fork_guard.guard.held(), self._peek_lock:
             if self._peek is not None and self._peek_pid == os.getpid():
                 self._peek.close()
             self._peek = None

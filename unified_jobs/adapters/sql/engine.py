@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from unified_jobs._uri import mask_uri
+from unified_jobs.adapters.sql import fork_guard
 
 __all__ = ["dialect_of", "get_engine", "normalize_db_url", "with_timeouts"]
 
@@ -191,22 +192,48 @@ def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[s
     connect_args.setdefault("check_same_thread", False)
     engine = create_engine(url, connect_args=connect_args, **options)
     busy_ms = int(busy_timeout_sec * 1000)
+    guard_forks(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
         # Manage transactions ourselves (see _on_begin) instead of the sqlite3 module.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute(f"PRAGMA synchronous = {synchronous}")
-        cur.close()
+        with fork_guard.guard.held():
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute(f"PRAGMA synchronous = {synchronous}")
+            cur.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def guard_forks(engine: Engine) -> None:
+    """A SQLite engine's connections are held in the fork guard while checked out, and while
+    they connect: no fork happens while a thread of this process is inside SQLite."""
+
+    @event.listens_for(engine, "do_connect")
+    def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        with fork_guard.guard.held():
+            return dialect.connect(*cargs, **cparams)
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(_dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        record.info[_FORK_HOLD] = fork_guard.guard.enter()
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+        ident = record.info.pop(_FORK_HOLD, None)
+        if ident is not None:
+            fork_guard.guard.leave(ident)
+
+
+#: Where a checked-out connection's record keeps the ident of its fork guard hold.
+_FORK_HOLD = "unified_jobs_fork_hold"
 
 
 def _after_fork_in_child() -> None:
