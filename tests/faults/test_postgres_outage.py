@@ -86,11 +86,15 @@ def test_a_restart_mid_drain_loses_nothing_and_runs_nothing_twice(
 ) -> None:
     queue.lease_sec = 10.0
     jobs = [f"blip{i}" for i in range(300)]
-    _enqueue(queue, jobs, 0.02)
+    # 50 ms each: about 4 s of work for the 4 processes, so the restart comes mid-drain (with
+    # 20 ms jobs the drain had sometimes ended before it: the test then tested nothing).
+    _enqueue(queue, jobs, 0.05)
     queue.start_worker("a", concurrency=2)
     queue.start_worker("b", concurrency=2)
-    wait_for(lambda: len(queue.done_counts()) >= 60, 60, "60 jobs done before the restart")
+    wait_for(lambda: len(queue.done_counts()) >= 30, 60, "30 jobs done before the restart")
     private_pg.stop("fast")
+    done_at_stop = len(queue.done_counts())
+    assert done_at_stop < len(jobs) - 20, f"{done_at_stop} of {len(jobs)} done at the stop: not mid-drain"
     time.sleep(2.0)
     private_pg.start()
     back_at = time.time()
@@ -133,6 +137,8 @@ def test_a_crash_mid_drain_loses_nothing(
     wait_for(lambda: len(queue.done_counts()) >= 40, 60, "40 jobs done before the crash")
     crash_at = time.time()
     private_pg.stop("immediate")
+    done_at_crash = len(queue.done_counts())
+    assert done_at_crash < len(jobs) - 20, f"{done_at_crash} of {len(jobs)} done at the crash: not mid-drain"
     time.sleep(1.0)
     private_pg.start()
     back_at = time.time()
