@@ -23,7 +23,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from unified_jobs._uri import mask_uri
 from unified_jobs.adapters.sql import fork_guard
 
-__all__ = ["dialect_of", "get_engine", "normalize_db_url", "with_timeouts"]
+__all__ = ["dialect_of", "get_engine", "guard_forks", "normalize_db_url", "with_timeouts"]
 
 _SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
