@@ -13,6 +13,7 @@ import json
 import math
 import os
 import threading
+from collections.abc import Callable
 from time import monotonic
 from typing import Any
 
@@ -192,18 +193,17 @@ def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[s
     connect_args.setdefault("check_same_thread", False)
     engine = create_engine(url, connect_args=connect_args, **options)
     busy_ms = int(busy_timeout_sec * 1000)
-    guard_forks(engine)
 
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+    def _on_connect(dbapi_conn: Any) -> None:
         # Manage transactions ourselves (see _on_begin) instead of the sqlite3 module.
-        with fork_guard.guard.held():
-            dbapi_conn.isolation_level = None
-            cur = dbapi_conn.cursor()
-            cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute(f"PRAGMA synchronous = {synchronous}")
-            cur.close()
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout = {busy_ms}")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute(f"PRAGMA synchronous = {synchronous}")
+        cur.close()
+
+    guard_forks(engine, _on_connect)
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
@@ -212,14 +212,17 @@ def _create(url: URL, busy_timeout_sec: float, synchronous: str, options: dict[s
     return engine
 
 
-def guard_forks(engine: Engine) -> None:
+def guard_forks(engine: Engine, on_connect: Callable[[Any], None]) -> None:
     """A SQLite engine's connections are held in the fork guard while checked out, and while
-    they connect: no fork happens while a thread of this process is inside SQLite."""
+    they connect and ``on_connect`` sets each new one up: no fork happens while a thread of
+    this process is inside SQLite."""
 
     @event.listens_for(engine, "do_connect")
     def _connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
         with fork_guard.guard.held():
-            return dialect.connect(*cargs, **cparams)
+            dbapi_conn = dialect.connect(*cargs, **cparams)
+            on_connect(dbapi_conn)
+            return dbapi_conn
 
     @event.listens_for(engine, "checkout")
     def _checked_out(_dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:

@@ -43,9 +43,9 @@ class ForkGuard:
         self._holds: dict[int, int] = {threading.get_ident(): own} if own else {}
         self._busy = own
 
-    def enter(self, ident: int | None = None) -> int:
-        """One more hold, by the calling thread (or ``ident``'s); returns the ident to leave."""
-        ident = threading.get_ident() if ident is None else ident
+    def enter(self) -> int:
+        """One more hold, by the calling thread; returns its ident, for ``leave``."""
+        ident = threading.get_ident()
         with self._cond:
             if not self._holds.get(ident):  # a thread inside already goes on (re-entry)
                 while self._forking:
@@ -54,8 +54,9 @@ class ForkGuard:
             self._busy += 1
         return ident
 
-    def leave(self, ident: int | None = None) -> None:
-        ident = threading.get_ident() if ident is None else ident
+    def leave(self, ident: int) -> None:
+        """Release a hold ``enter`` returned ``ident`` for (a connection's checkin may come
+        from another thread than its checkout)."""
         with self._cond:
             count = self._holds.get(ident, 0)
             if count <= 0:

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Row
-from sqlalchemy.pool import ConnectionPoolEntry
 
-from unified_jobs.adapters.sql import fork_guard, monitor_queries, queries
+from unified_jobs.adapters.sql import monitor_queries, queries
 from unified_jobs.adapters.sql.engine import dialect_of, get_engine, guard_forks, normalize_db_url
 from unified_jobs.adapters.sql.options import TRANSPORT_SCHEME
 from unified_jobs.adapters.sql.schema import (
@@ -138,19 +137,17 @@ def read_engine(url: str) -> Engine:
             engine = create_engine(
                 normalize_db_url(url), connect_args={"timeout": 10.0, "check_same_thread": False}
             )
-            guard_forks(engine)
-            event.listen(engine, "connect", _on_read_connect)
+            guard_forks(engine, _on_read_connect)
             _read_engines[url] = engine
         return engine
 
 
-def _on_read_connect(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-    with fork_guard.guard.held():
-        dbapi_conn.create_function(monitor_queries.BODY_FUNCTION, 1, body_text, deterministic=True)
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 10000")
-        cur.execute("PRAGMA query_only = 1")
-        cur.close()
+def _on_read_connect(dbapi_conn: Any) -> None:
+    dbapi_conn.create_function(monitor_queries.BODY_FUNCTION, 1, body_text, deterministic=True)
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout = 10000")
+    cur.execute("PRAGMA query_only = 1")
+    cur.close()
 
 
 def body_text(payload: str | None) -> str | None:
