@@ -39,7 +39,9 @@ from unified_jobs.adapters.celery.kinds import Check, QueueKind, not_answering, 
 from unified_jobs.adapters.celery.kinds.redis_client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
+    PackedCalls,
     bounded_client,
+    pack_command,
 )
 from unified_jobs.adapters.celery.kinds.redis_heartbeats import RedisHeartbeats
 from unified_jobs.adapters.celery.kinds.redis_transport import Rider, riding
@@ -274,6 +276,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         self._start = self.client.register_script(_START)
         self._enqueue = self.client.register_script(_ENQUEUE)
         self._outcome = self.client.register_script(_OUTCOME)
+        self._packed = PackedCalls(self.client.connection_pool)
         self._cancel = self.client.register_script(_CANCEL)
         self._claim_unique = self.client.register_script(_CLAIM_UNIQUE)
         self._release_unique = self.client.register_script(_RELEASE_UNIQUE)
@@ -293,6 +296,15 @@ class RedisJobStore(RedisHeartbeats, JobStore):
                 self.client.script_load(loaded.script)
             self._scripts_loaded = True
         pipe.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """``script`` (registered on ``self.client``) on the hot path: one packed ``EVALSHA``
+        (``PackedCalls``), else redis-py's call, which retries a dropped connection and loads a
+        script that a restarted server forgot."""
+        try:
+            return self._packed(pack_command(["EVALSHA", script.sha, len(keys), *keys, *args]))
+        except (redis.ConnectionError, redis.exceptions.NoScriptError):
+            return script(keys=keys, args=args)
 
     # -- unique jobs -------------------------------------------------------------------------
 
@@ -357,10 +369,8 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         ``message`` pushed to ``list_key``, in one command."""
         flat = [v for pair in _record_fields(job, "queued").items() for v in pair]
         keys = [self.key(job.id), f"{INDEX}queued:{job.queue}", QUEUES, list_key]
-        self._enqueue(
-            keys=keys,
-            args=[WAITING_TTL, job.enqueued_at.timestamp(), job.id, job.queue, message, *flat],
-        )
+        args = [WAITING_TTL, job.enqueued_at.timestamp(), job.id, job.queue, message, *flat]
+        self._run(self._enqueue, keys, args)
 
     def push_enqueued_many(self, jobs: Sequence[Job], messages: Sequence[tuple[str, str]]) -> None:
         """``push_enqueued`` for a batch: every record and message in one MULTI/EXEC, so that a
@@ -381,7 +391,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         pipe.execute()
 
     def record_started(self, job: Job) -> StartCheck:
-        n = int(cast(Any, self._start(keys=[self.key(job.id)], args=self.started_args(job, utcnow()))))
+        n = int(self._run(self._start, [self.key(job.id)], self.started_args(job, utcnow())))
         if n == -1:
             return StartCheck(cancelled=True)
         return StartCheck(settled=True) if n == -2 else StartCheck(deliveries=n)
@@ -407,7 +417,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
     def record_outcome(self, job: Job, outcome: Outcome) -> None:
         """One script: the record, the unique key's release, the indexes and the minute's
         count, atomically and in one round trip."""
-        self._outcome(keys=[self.key(job.id)], args=self.outcome_args(job, outcome, utcnow()))
+        self._run(self._outcome, [self.key(job.id)], self.outcome_args(job, outcome, utcnow()))
 
     def add_outcome(self, pipe: Any, job: Job, outcome: Outcome) -> None:
         """``record_outcome``'s script, queued in ``pipe`` (which a caller executes)."""
@@ -570,6 +580,7 @@ class RedisJobStore(RedisHeartbeats, JobStore):
         return redis_monitor.run_now(self, job_id)
 
     def close(self) -> None:
+        self._packed.close()
         self.client.close()
 
 
