@@ -207,6 +207,9 @@ def test_a_sql_batch_is_one_insert_of_the_rows_send_task_writes(
     put_many = Channel.put_many
     counted = lambda self, m, c: inserts.append(len(m)) or put_many(self, m, c)  # noqa: E731
     monkeypatch.setattr(Channel, "put_many", counted)
+    put_one = Channel.put_one
+    one = lambda self, *m: inserts.append(1) or put_one(self, *m)  # noqa: E731  (a batch of one: autocommit)
+    monkeypatch.setattr(Channel, "put_one", one)
     copies: list[int] = []
     copy = Leases._copy
     copied = lambda self, rows, c: copies.append(len(rows)) or copy(self, rows, c)  # noqa: E731

@@ -106,7 +106,13 @@ def test_a_fork_waits_for_the_threads_inside_sqlite_and_new_ones_wait_for_the_fo
     assert inside.wait(5)
     guard.before_fork()
     order.append("forking")
-    late = threading.Thread(target=lambda: (guard.enter(), order.append("entered"), guard.leave()))
+
+    def late_entry() -> None:
+        ident = guard.enter()
+        order.append("entered")
+        guard.leave(ident)
+
+    late = threading.Thread(target=late_entry)
     late.start()
     time.sleep(0.2)
     assert "entered" not in order, "a thread entered SQLite during the fork"

@@ -129,27 +129,32 @@ class CeleryQueueAdapter(Adapter):
         try:
             # bounded(): a hung server ends the batch at its first timeout, here too (where
             # the producer's channel connects, before any publish).
-            with (
-                bounded(),
-                app.producer_or_acquire() as producer,
-                self._kind.batch_transaction(producer, one_insert and len(jobs) == 1) as connection,
-            ):
-                if connection is not None:  # SQL: every row in one transaction
-                    if one_insert:
-                        rows = [(job, *self._message(job)) for job in jobs]
-                        producer.channel.put_many(rows, connection)
-                        return
-                    with publishing(connection):
-                        for job in jobs:
-                            self._publish(job, producer)
+            with bounded(), app.producer_or_acquire() as producer:
+                if one_insert and len(jobs) == 1:  # SQL: one row, one statement in autocommit
+                    self._kind.insert_one(producer, jobs[0], *self._message(jobs[0]))
                     return
-                # One flush for the whole batch: on Redis a MULTI/EXEC pipeline, all or nothing.
-                with producer.batch(max_size=2 * len(jobs) + 1):
-                    for job in jobs:
-                        self._publish(job, producer)
+                self._publish_batch(producer, jobs, one_insert)
         except (OperationalError, OSError, BatchPublishError) as exc:
             self._forget(jobs, exc)
             raise self._error(what, exc) from None
+
+    def _publish_batch(self, producer: Any, jobs: list[Job], one_insert: bool) -> None:
+        """``jobs``' messages, all or none: in one SQL transaction (one statement if
+        ``one_insert``), else in one flush of the transport's own."""
+        with self._kind.batch_transaction(producer) as connection:
+            if connection is not None:  # SQL: every row in one transaction
+                if one_insert:
+                    rows = [(job, *self._message(job)) for job in jobs]
+                    producer.channel.put_many(rows, connection)
+                    return
+                with publishing(connection):
+                    for job in jobs:
+                        self._publish(job, producer)
+                return
+            # One flush for the whole batch: on Redis a MULTI/EXEC pipeline, all or nothing.
+            with producer.batch(max_size=2 * len(jobs) + 1):
+                for job in jobs:
+                    self._publish(job, producer)
 
     def enqueue_unique(self, jobs: list[Job]) -> dict[str, str]:
         if not self._kind.unique_in_transport:

@@ -187,21 +187,14 @@ class Channel(ControlChannel):
         message's priority, the message's JSON text, of ``LeanPublisher.payload``): the rows in
         one statement (COPY on Postgres), in ``connection``'s transaction."""
         now = utcnow()
-        rows = [
-            {
-                "queue": job.queue,
-                "task_name": _text(job.name),
-                "task_id": _text(job.id),
-                "payload": payload,
-                "priority": priority,
-                # As _run_at makes of the message's eta: a time past is now.
-                "run_at": now if job.run_at is None else max(aware(job.run_at), now),
-                "now": now,
-            }
-            for job, priority, payload in messages
-        ]
+        rows = [_row(job, priority, payload, now) for job, priority, payload in messages]
         self.leases.enqueue_many(rows, connection)
         # No poke here: the rows are not committed yet; batch_transaction pokes after the commit.
+
+    def put_one(self, job: Job, priority: int, payload: str) -> None:
+        """``put_many`` of one message, as one statement in autocommit: committed on return
+        (the caller pokes the consumers)."""
+        self.leases.enqueue_one(_row(job, priority, payload, utcnow()))
 
     def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
         if self.broadcast.declared_control(queue) is not None:
@@ -377,3 +370,17 @@ class Channel(ControlChannel):
         if (self._job_queues or self.leases.holds_claims()) and self.leases.heartbeat():
             self.connection.wakeup.set()
         self._control_upkeep()
+
+
+def _row(job: Job, priority: int, payload: str, now: datetime) -> dict[str, Any]:
+    """The queued row of ``job``'s message (``Leases.enqueue``'s parameters)."""
+    return {
+        "queue": job.queue,
+        "task_name": _text(job.name),
+        "task_id": _text(job.id),
+        "payload": payload,
+        "priority": priority,
+        # As _run_at makes of the message's eta: a time past is now.
+        "run_at": now if job.run_at is None else max(aware(job.run_at), now),
+        "now": now,
+    }

@@ -44,6 +44,7 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from unified_jobs.adapters.sql.prepared import PreparedInsert
 from unified_jobs.adapters.sql.schema import QUEUED
 
 if TYPE_CHECKING:
@@ -185,6 +186,7 @@ class Leases:
         self._failing_since: float | None = None
         #: After an empty claim: when the earliest queued job of those queues is due (or None).
         self.next_due: datetime | None = None
+        self._prepared_enqueue: PreparedInsert | None = None
         _here.add(self)
 
     # -- outages -------------------------------------------------------------------------
@@ -269,6 +271,14 @@ class Leases:
             return self._insert(connection, params, unique_key, unique_until, refuse)
         with self.engine.begin() as conn:
             return self._insert(conn, params, unique_key, unique_until, refuse)
+
+    def enqueue_one(self, row: dict[str, Any]) -> None:
+        """``enqueue_many`` of one row, as one statement in autocommit on a connection of the
+        engine's pool (``PreparedInsert``): atomic on its own, and committed on return."""
+        prepared = self._prepared_enqueue
+        if prepared is None:
+            prepared = self._prepared_enqueue = PreparedInsert(self.engine, self.q.enqueue)
+        prepared(row)
 
     def enqueue_many(self, rows: list[dict[str, Any]], connection: Connection) -> None:
         """Insert ``queued`` rows without unique keys (``enqueue``'s parameters each) in one

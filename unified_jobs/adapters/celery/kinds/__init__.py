@@ -119,13 +119,17 @@ class QueueKind(ABC):
         return None
 
     @contextmanager
-    def batch_transaction(self, producer: Any, one_statement: bool = False) -> Iterator[Any]:
+    def batch_transaction(self, producer: Any) -> Iterator[Any]:
         """A SQLAlchemy connection in a transaction of its own that a batch of ``producer``'s
         publishes is written in, committed at the end of the block and rolled back if it
         raises; None (the default) where the kind's batches are the transport's own (a
-        MULTI/EXEC on Redis, an AMQP transaction on RabbitMQ). ``one_statement``: the block
-        runs one statement with one row, atomic by itself (the kind may then autocommit)."""
+        MULTI/EXEC on Redis, an AMQP transaction on RabbitMQ)."""
         yield None
+
+    def insert_one(self, producer: Any, job: Job, priority: int, payload: str) -> None:
+        """Where ``inserts_batches``: write one job's message (built by ``lean_publish``) as
+        one row, committed on return, through ``producer``'s transport."""
+        raise NotImplementedError(f"the {type(self).__name__} kind inserts no rows")
 
     def job_table(self) -> Any:
         """The table of every job that the bulk ``jobs`` commands (list by status, requeue,

@@ -34,7 +34,7 @@ from unified_jobs.adapters.sql.heartbeats import SqlHeartbeats
 from unified_jobs.adapters.sql.leases import claim_of, note_result_here
 from unified_jobs.adapters.sql.schema import COMPLETED
 from unified_jobs.adapters.sql.store import JobStore as SqlTable
-from unified_jobs.core.job import JobInfo, JobStatus, aware, utcnow
+from unified_jobs.core.job import Job, JobInfo, JobStatus, aware, utcnow
 from unified_jobs.core.monitor import SEARCH_LIMIT, JobPage, JobQuery, QueueStats, ThroughputBucket
 from unified_jobs.core.outcome import result_json
 from unified_jobs.core.store import JobStore
@@ -377,7 +377,7 @@ class SqlKind(QueueKind):
         return conn if conn is not None and _same_database(conn.engine.url, self.queue.uri) else None
 
     @contextmanager
-    def batch_transaction(self, producer: Any, one_statement: bool = False) -> Iterator[Any]:
+    def batch_transaction(self, producer: Any) -> Iterator[Any]:
         # The transport's own engine (``producer.channel`` is our SQL channel): every row of
         # the batch, or none. A database error comes out as kombu's, as a publish's does.
         from kombu.exceptions import OperationalError
@@ -386,19 +386,27 @@ class SqlKind(QueueKind):
 
         # Connected as a publish connects: a hung database is one timeout (in ``bounded()``).
         producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
-        engine = producer.channel.connection.engine
         try:
-            if one_statement and engine.dialect.name == "postgresql":
-                # One INSERT of one row is atomic on its own: in autocommit, without BEGIN and
-                # COMMIT, one round trip instead of three (psycopg sends BEGIN on its own).
-                with engine.connect() as plain:
-                    yield plain.execution_options(isolation_level="AUTOCOMMIT")
-            else:
-                with engine.begin() as connection:
-                    yield connection
+            with producer.channel.connection.engine.begin() as connection:
+                yield connection
         except SQLAlchemyError as exc:
             raise OperationalError(str(exc)) from exc
         producer.channel.connection.poke()  # committed: wake the consumers
+
+    def insert_one(self, producer: Any, job: Job, priority: int, payload: str) -> None:
+        # One INSERT of one row is atomic on its own: in autocommit, without BEGIN and COMMIT
+        # (prepared.py). A database error comes out as kombu's, as a publish's does.
+        from kombu.exceptions import OperationalError
+
+        from unified_jobs.adapters.celery.publish_retry import PUBLISH_RETRY_POLICY
+
+        producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
+        channel = producer.channel
+        try:
+            channel.put_one(job, priority, payload)
+        except SQLAlchemyError as exc:
+            raise OperationalError(str(exc)) from exc
+        channel.connection.poke()  # committed: wake the consumers
 
     def job_table(self) -> SqlTable:
         return SqlTable(self.db_uri, self.queue.table_prefix)
