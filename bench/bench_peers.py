@@ -1,7 +1,7 @@
 """unified_jobs against plain Celery and its peers (huey, taskiq, dramatiq, procrastinate), on Redis,
 Postgres and SQLite, in one run.
 
-    .venv/bin/python bench/bench_peers.py [--jobs 3000] [--latency-jobs 200]
+    .venv/bin/python bench/bench_peers.py [--jobs 3000] [--latency-jobs 200] [--rounds 1]
         [--backend redis|postgres|sqlite ...] [--systems unified_jobs,celery,huey,...]
 
 Systems on each backend:
@@ -25,7 +25,10 @@ bulk enqueue jobs/s (1000 a call, with the system's own bulk API: Celery's
 call: "-"), drain jobs/s (N jobs queued, then the worker started: first job to last) and
 enqueue-to-start latency p50/p99 (jobs sent 10 ms apart to an idle worker). Each system runs in
 a process of its own (``python -m bench.peers.measure``), with its queue emptied before each
-figure.
+figure. With ``--rounds N`` every system is measured N times, in turn (each system's first
+round, then each one's second...), and each figure is the median of its rounds (the rounds'
+own figures are kept in the JSON): this machine's speed drifts over minutes, and a system
+measured only minutes after another can meet a slower machine.
 
 Worker concurrency, two processes running one job at a time each, or the closest equivalent:
 unified_jobs and Celery: a prefork worker with ``--concurrency 2``; huey: ``huey_consumer -w 2
@@ -58,6 +61,7 @@ import os
 import platform
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,11 +114,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--memory-jobs", type=int, default=0, help="jobs for the worker memory figures (default: none)"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure every system this many times, in turn (round 1 of each, then round 2...), "
+        "and report each figure's median: this machine's speed drifts over minutes",
+    )
     parser.add_argument("--backend", action="append", choices=list(BACKENDS), help="repeatable; default: all")
     parser.add_argument("--systems", default="", help="comma-separated, e.g. unified_jobs,celery,huey")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json", help="the JSON results")
     parser.add_argument("--chart", type=Path, default=None, help="the PNG (default: --out's, .png)")
     opts = parser.parse_args(argv)
+    if opts.rounds < 1:
+        parser.error("--rounds must be at least 1")
     opts.backend = opts.backend or list(BACKENDS)
     opts.systems = [s for s in opts.systems.split(",") if s]
     known = {s for names in BACKENDS.values() for s in names}
@@ -216,6 +229,25 @@ def run_system(backend: str, system: str, opts: argparse.Namespace, tmp: Path) -
     return result
 
 
+def combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's figures over its rounds: the median of each number (None where no round
+    has one), the other fields of the first round, every round's notes, and the rounds' own
+    numbers under ``"rounds"`` (when there is more than one)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    combined: dict[str, Any] = dict(rounds[0])
+    for key, value in rounds[0].items():
+        if key == "notes":
+            combined[key] = [f"round {i}: {n}" for i, r in enumerate(rounds, 1) for n in r.get("notes", [])]
+        elif value is None or (isinstance(value, int | float) and not isinstance(value, bool)):
+            numbers = [r[key] for r in rounds if isinstance(r.get(key), int | float)]
+            combined[key] = statistics.median(numbers) if numbers else None
+    combined["rounds"] = [
+        {k: v for k, v in r.items() if isinstance(v, int | float) and not isinstance(v, bool)} for r in rounds
+    ]
+    return combined
+
+
 def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     from tests.procs import PrivateRedis
 
@@ -224,6 +256,7 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
             "jobs": opts.jobs,
             "latency_jobs": opts.latency_jobs,
+            "rounds": opts.rounds,
             "bulk_chunk": 1000,
             "cpus": os.cpu_count(),
             "machine": platform.machine(),
@@ -243,6 +276,7 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 "jobs": opts.jobs,
                 "latency_jobs": opts.latency_jobs,
                 "memory_jobs": opts.memory_jobs or None,
+                "rounds": opts.rounds,
                 "systems": {},
                 "left_out": {},
             }
@@ -256,14 +290,22 @@ def run(opts: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     os.environ["BENCH_PG_URL"] = pg_database(create=True)
                     pg_made = True
             results["backends"][backend] = data
-            for system in names:
-                print(f"== {backend}: {system}", flush=True)
-                outcome = missing(system, backend) or run_system(backend, system, opts, tmp)
-                if isinstance(outcome, str):
-                    print(f"  {system} left out: {outcome}", flush=True)
-                    data["left_out"][system] = outcome
-                else:
-                    data["systems"][system] = outcome
+            measured: dict[str, list[dict[str, Any]]] = {}
+            for round_ in range(1, opts.rounds + 1):
+                for system in names:
+                    if system in data["left_out"]:
+                        continue
+                    of = f" (round {round_} of {opts.rounds})" if opts.rounds > 1 else ""
+                    print(f"== {backend}: {system}{of}", flush=True)
+                    outcome = missing(system, backend) or run_system(backend, system, opts, tmp)
+                    if isinstance(outcome, str):
+                        print(f"  {system} left out: {outcome}", flush=True)
+                        data["left_out"][system] = outcome
+                    else:
+                        measured.setdefault(system, []).append(outcome)
+            for system, rounds in measured.items():
+                if system not in data["left_out"]:
+                    data["systems"][system] = combine(rounds)
     finally:
         Child.stop()
         redis.stop()

@@ -58,7 +58,8 @@ def table(backend: str, data: dict[str, Any]) -> str:
     names = list(systems)
     width = max([13, *(len(n) + 1 for n in names)])
     lines = [
-        f"\n{backend}: {data['jobs']} no-op jobs; latency over {data['latency_jobs']} jobs sent 10 ms apart",
+        f"\n{backend}: {data['jobs']} no-op jobs; latency over {data['latency_jobs']} jobs sent 10 ms apart"
+        + (f"; each figure the median of {data['rounds']} rounds" if data.get("rounds", 1) > 1 else ""),
         "ratios: how many times unified_jobs is better (rates: uj/other; latency: other/uj; >1.0 = uj "
         "better); best peer = fastest of huey/taskiq/dramatiq/procrastinate on that figure",
     ]
