@@ -61,6 +61,11 @@ def test_packed_calls_answer_keep_their_connection_after_an_error_reply_and_drop
             calls(pack_command(["LPUSH", "k", "x"]) + pack_command(["GET", "k"]), replies=2)
         assert calls._free == [], "a reply left unread: the connection is dropped, not reused"
         assert calls(pack_command(["GET", "n"])) == "3", "the next call connects anew"
+        (conn,) = calls._free
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            calls(pack_command(["GET", "k"]) + pack_command(["LPUSH", "k", "x"]), replies=2)
+        assert calls._free == [conn], "the error was the last reply: every reply read, kept"
+        assert calls(pack_command(["GET", "k"])) == "v"
     finally:
         calls.close()
         client.close()

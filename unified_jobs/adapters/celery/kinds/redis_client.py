@@ -84,27 +84,24 @@ class PackedCalls:
             conn = self._free.pop()
         except IndexError:
             conn = self._connection_class(**self._connection_kwargs)
+        got: list[Any] = []
         try:
             conn.send_packed_command([command], check_health=False)
-            if replies == 1:
-                try:
-                    reply = conn.read_response()
-                except redis.ResponseError:
-                    self._free.append(conn)  # an answer, read whole: the connection is fine
-                    raise
-            else:
-                # An error reply raises before the replies after it are read: the connection
-                # is dropped then (below), not left with them unread.
-                reply = [conn.read_response() for _ in range(replies)]
+            while len(got) < replies:
+                got.append(conn.read_response())
         except redis.ResponseError:
-            if replies != 1:
+            # An error reply is a whole reply: the connection is fine if it was the last one
+            # expected, else the replies after it are unread and it is dropped.
+            if len(got) == replies - 1:
+                self._free.append(conn)
+            else:
                 conn.disconnect()
             raise
         except BaseException:
             conn.disconnect()
             raise
         self._free.append(conn)
-        return reply
+        return got[0] if replies == 1 else got
 
     def close(self) -> None:
         free, self._free = self._free, []

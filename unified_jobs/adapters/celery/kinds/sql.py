@@ -377,36 +377,32 @@ class SqlKind(QueueKind):
         return conn if conn is not None and _same_database(conn.engine.url, self.queue.uri) else None
 
     @contextmanager
-    def batch_transaction(self, producer: Any) -> Iterator[Any]:
-        # The transport's own engine (``producer.channel`` is our SQL channel): every row of
-        # the batch, or none. A database error comes out as kombu's, as a publish's does.
+    def _writing(self, producer: Any) -> Iterator[Any]:
+        """``producer``'s channel (our SQL channel), connected as a publish connects (a hung
+        database is one timeout, in ``bounded()``); a database error in the block comes out
+        as kombu's, as a publish's does; once it is written, the consumers are woken."""
         from kombu.exceptions import OperationalError
 
         from unified_jobs.adapters.celery.publish_retry import PUBLISH_RETRY_POLICY
 
-        # Connected as a publish connects: a hung database is one timeout (in ``bounded()``).
         producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
         try:
-            with producer.channel.connection.engine.begin() as connection:
-                yield connection
+            yield producer.channel
         except SQLAlchemyError as exc:
             raise OperationalError(str(exc)) from exc
-        producer.channel.connection.poke()  # committed: wake the consumers
+        producer.channel.connection.poke()
+
+    @contextmanager
+    def batch_transaction(self, producer: Any) -> Iterator[Any]:
+        # The transport's own engine: every row of the batch, or none.
+        with self._writing(producer) as channel, channel.connection.engine.begin() as connection:
+            yield connection
 
     def insert_one(self, producer: Any, job: Job, priority: int, payload: str) -> None:
         # One INSERT of one row is atomic on its own: in autocommit, without BEGIN and COMMIT
-        # (prepared.py). A database error comes out as kombu's, as a publish's does.
-        from kombu.exceptions import OperationalError
-
-        from unified_jobs.adapters.celery.publish_retry import PUBLISH_RETRY_POLICY
-
-        producer.connection.ensure_connection(**PUBLISH_RETRY_POLICY)
-        channel = producer.channel
-        try:
+        # (prepared.py).
+        with self._writing(producer) as channel:
             channel.put_one(job, priority, payload)
-        except SQLAlchemyError as exc:
-            raise OperationalError(str(exc)) from exc
-        channel.connection.poke()  # committed: wake the consumers
 
     def job_table(self) -> SqlTable:
         return SqlTable(self.db_uri, self.queue.table_prefix)
