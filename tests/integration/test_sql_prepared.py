@@ -131,20 +131,29 @@ def test_on_sqlite_a_held_write_lock_is_waited_for_then_the_insert_goes_in(sqlit
 def test_on_postgres_a_lost_connection_is_invalidated_and_the_next_insert_connects_anew(
     postgres_q: SqlQueue,
 ) -> None:
-    sqlq = postgres_q
     import psycopg
+    from sqlalchemy import create_engine
 
-    insert, _ = prepared(sqlq)
-    insert(row("before"))
-    with sqlq.engine.connect() as conn:  # the pool's connection, which the next insert takes
-        pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
-    with psycopg.connect(sqlq.db_uri, autocommit=True) as killer:  # not one of the pool's
-        killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    # Within a second of its last use, the pool hands it out unpinged: the insert finds it dead.
-    with pytest.raises(OperationalError) as caught:
-        insert(row("lost"))
-    assert caught.value.connection_invalidated, "a lost connection must not go back to the pool"
-    insert(row("after"))
-    with sqlq.engine.connect() as conn:
-        ids = sorted(r.task_id for r in conn.execute(select(sqlq.tables.jobs.c.task_id)))
-    assert ids == ["after", "before"]
+    from unified_jobs.adapters.sql.engine import normalize_db_url
+
+    sqlq = postgres_q
+    _, queries = prepared(sqlq)
+    # An engine of the test's own with one pooled connection, so that the insert takes the one
+    # whose backend is ended (the shared engine's pool is other tests' too).
+    engine = create_engine(normalize_db_url(sqlq.db_uri), pool_size=1, max_overflow=0)
+    try:
+        insert = PreparedInsert(engine, queries.enqueue)
+        insert(row("before"))
+        with engine.connect() as conn:
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        with psycopg.connect(sqlq.db_uri, autocommit=True) as killer:  # not one of the pool's
+            killer.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        with pytest.raises(OperationalError) as caught:
+            insert(row("lost"))
+        assert caught.value.connection_invalidated, "a lost connection must not go back to the pool"
+        insert(row("after"))
+        with engine.connect() as conn:
+            ids = sorted(r.task_id for r in conn.execute(select(sqlq.tables.jobs.c.task_id)))
+        assert ids == ["after", "before"]
+    finally:
+        engine.dispose()
