@@ -38,7 +38,7 @@ from tests.conftest import (
     sql_prefix,
 )
 from tests.contract import contract_app
-from tests.procs import WorkerProcess, stop_together, unified_jobs_worker
+from tests.procs import PrivateRedis, WorkerProcess, stop_together, unified_jobs_worker
 from unified_jobs import JobHandle, Jobs, Worker
 from unified_jobs.testing import JobRecorder
 
@@ -63,6 +63,9 @@ class Runs:
     in_callers_thread: bool = False
     #: Jobs run in worker processes, which outlive a job that ends its process (``os._exit``).
     in_worker_process: bool = False
+    #: Each worker process is a node of its own, which beats with one slot (``--pool
+    #: processes``), where prefork's one beat holds every slot.
+    beats_per_process: bool = False
 
 
 _QUEUE_WORKER = Runs(where="in a real worker process", in_worker_process=True)
@@ -91,6 +94,12 @@ RUNS: dict[str, Runs] = {
     "sqlite": _QUEUE_WORKER,
     "rabbitmq": _QUEUE_WORKER,
 }
+#: The queue kinds again, their worker started with ``--pool processes`` (processes that each
+#: take and run their own jobs, under a supervisor) instead of Celery's prefork pool.
+PROCESSES = "-processes"
+QUEUE_KINDS = ("redis", "postgres", "sqlite", "rabbitmq")
+_SUPERVISED = Runs(where="in real worker processes under a supervisor", in_worker_process=True, beats_per_process=True)
+RUNS.update({f"{kind}{PROCESSES}": _SUPERVISED for kind in QUEUE_KINDS})
 
 #: perform_enqueued_jobs stops at 100 jobs by default, a guard against jobs that enqueue
 #: themselves without end; the suite enqueues up to 200 at once, so it passes a higher limit=,
@@ -222,6 +231,21 @@ BACKENDS: dict[str, dict[str, Any]] = {
     },
 }
 
+# Each "-processes" backend has its own namespace (a private Redis for the Redis queue and the
+# RabbitMQ kind's job store, its own table prefix, SQLite file and vhost), so that its worker
+# and the prefork one never take each other's jobs.
+BACKENDS.update(
+    {
+        f"redis{PROCESSES}": {**BACKENDS["redis"], "queue": {"kind": "Redis", "uri": "<private redis>"}},
+        f"postgres{PROCESSES}": {
+            **BACKENDS["postgres"],
+            "queue": {**BACKENDS["postgres"]["queue"], "table_prefix": sql_prefix("contract_processes")},
+        },
+        f"sqlite{PROCESSES}": BACKENDS["sqlite"],
+        f"rabbitmq{PROCESSES}": BACKENDS["rabbitmq"],
+    }
+)
+
 #: The queues the contract app's workers use (RabbitMQ: emptied before each test).
 CONTRACT_QUEUES = ["default", "async", "mail"]
 
@@ -237,12 +261,14 @@ class QueueWorkers:
         if backend not in self.running:
             record = self.folder / f"{backend}-record.jsonl"
             env = {"UJ_CONTRACT_CONFIG": json.dumps(config), "UJ_CONTRACT_RECORD": str(record)}
+            pool = ["--pool", "processes"] if backend.endswith(PROCESSES) else []
             worker = unified_jobs_worker(
                 "tests.contract.contract_app:app_from_env",
                 env,
                 self.log(backend),
                 "--concurrency",
                 "4",
+                *pool,
                 "--",
                 "--without-mingle",
                 "--without-gossip",
@@ -280,26 +306,68 @@ def rabbitmq_vhost(queue_workers: QueueWorkers) -> Iterator[str]:
     drop_rabbitmq_vhost(uri)
 
 
+@pytest.fixture(scope="session")
+def rabbitmq_processes_vhost(queue_workers: QueueWorkers) -> Iterator[str]:
+    """``rabbitmq_vhost`` for the rabbitmq-processes backend."""
+    require_rabbitmq()
+    uri = make_rabbitmq_vhost("contract_processes")
+    yield uri
+    queue_workers.stop(f"rabbitmq{PROCESSES}")
+    drop_rabbitmq_vhost(uri)
+
+
+@pytest.fixture(scope="session")
+def processes_redis(queue_workers: QueueWorkers) -> Iterator[PrivateRedis]:
+    """A Redis of the session's own for the "-processes" backends (every database number of
+    the shared one is taken): the Redis queue's, and the RabbitMQ kind's job store."""
+    require_service("Redis", REDIS_HOST, REDIS_PORT)  # redis-server is installed
+    server = PrivateRedis(queue_workers.folder)
+    yield server
+    queue_workers.stop(f"redis{PROCESSES}")
+    queue_workers.stop(f"rabbitmq{PROCESSES}")
+    server.stop()
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
 @pytest.fixture(params=list(BACKENDS))
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     backend: str = request.param
     config = BACKENDS[backend]
-    if backend in ("redis", "postgres", "sqlite", "rabbitmq"):
-        if backend == "rabbitmq":
+    kind = backend.removesuffix(PROCESSES)
+    processes = backend != kind
+    if kind in QUEUE_KINDS:
+        if kind == "rabbitmq":
             require_service("Redis", REDIS_HOST, REDIS_PORT)  # its job store
-            uri = request.getfixturevalue("rabbitmq_vhost")
-            config = {**config, "queue": {**config["queue"], "uri": uri}}
-            flush_redis_db("rabbitmq_contract")
+            uri = request.getfixturevalue("rabbitmq_processes_vhost" if processes else "rabbitmq_vhost")
+            queue = {**config["queue"], "uri": uri}
+            if processes:
+                queue["store_uri"] = request.getfixturevalue("processes_redis").url.rsplit("/", 1)[0] + "/1"
+                _flush(queue["store_uri"])
+            else:
+                flush_redis_db("rabbitmq_contract")
+            config = {**config, "queue": queue}
             purge_rabbitmq_queues(uri, CONTRACT_QUEUES)
-        elif backend == "redis":
+        elif kind == "redis":
             require_service("Redis", REDIS_HOST, REDIS_PORT)
-            flush_redis_db("contract")
-        elif backend == "postgres":
+            if processes:
+                url = request.getfixturevalue("processes_redis").url
+                config = {**config, "queue": {**config["queue"], "uri": url}}
+                _flush(url)
+            else:
+                flush_redis_db("contract")
+        elif kind == "postgres":
             require_service("PostgreSQL", PG_HOST, PG_PORT)
-            clear_sql_jobs(PG_URL, sql_prefix("contract"))
+            clear_sql_jobs(PG_URL, config["queue"]["table_prefix"])
         else:
             folder = request.getfixturevalue("queue_workers").folder
-            queue = {**config["queue"], "uri": f"sqlite:///{folder}/contract.db"}
+            queue = {**config["queue"], "uri": f"sqlite:///{folder}/{backend}.db"}
             config = {**config, "queue": queue}
             clear_sql_jobs(queue["uri"], sql_prefix("contract"))
         workers = request.getfixturevalue("queue_workers")

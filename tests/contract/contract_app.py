@@ -155,6 +155,19 @@ class Limited(Worker[EchoArgs]):
         record(self.ctx, worker="limited_end", job=self.job_id)
 
 
+class Stuck(Worker[EchoArgs]):
+    """Blocked in one C call (``time.sleep``) past its time limit: the executor's own limit
+    cannot stop it, only the worker's hard limit (``time_limit`` plus 5 s) can."""
+
+    name = "contract.Stuck"
+    time_limit = 0.5
+
+    def perform(self, args: EchoArgs) -> None:
+        record(self.ctx, worker=self.name, job=self.job_id)
+        time.sleep(30)
+        record(self.ctx, worker="stuck_end", job=self.job_id)
+
+
 class Exiting(Worker[EchoArgs]):
     name = "contract.Exiting"
 
@@ -269,7 +282,7 @@ class Raises(Worker[RaiseArgs]):
 
 WORKERS = (
     *(Echo, AsyncEcho, Fail, Sleep, Mail),
-    *(Flaky, FlakyTwice, FailsUntil, SlowRetry, PatientRetry, Discarding, Limited, Exiting, LongAsync),
+    *(Flaky, FlakyTwice, FailsUntil, SlowRetry, PatientRetry, Discarding, Limited, Stuck, Exiting, LongAsync),
     *(UniqueEcho, UniqueFail, BrieflyUnique),
     *(Returns, AsyncReturns, Raises),
 )

@@ -52,7 +52,16 @@ def test_a_worker_beat_shows_its_queues_slots_and_polls(harness: Harness) -> Non
     polls = harness.runs.in_worker_process
     beat = wait_for_beat(harness, lambda b: not polls or b.polled_at is not None, "(that polled)")
     assert set(CONTRACT_QUEUES) <= set(beat.queues)
-    assert beat.concurrency == SLOTS
+    if harness.runs.beats_per_process:  # SLOTS processes of one slot each, on one host
+        def processes() -> list[WorkerBeat]:
+            return [b for b in harness.jobs.adapter.store.workers() if is_alive(b) and "default" in b.queues]
+
+        beats = harness.wait_until(lambda: len(processes()) == SLOTS and processes(), timeout=10)
+        assert beats, f"{harness.backend}: {len(processes())} live beats, not one per process ({SLOTS})"
+        assert [b.concurrency for b in beats] == [1] * SLOTS
+        assert len({b.pid for b in beats}) == SLOTS and len({b.host for b in beats}) == 1
+    else:
+        assert beat.concurrency == SLOTS
     assert beat.interval == interval(harness)
     assert beat.started_at <= beat.beat_at
     if harness.runs.in_worker_process:

@@ -21,6 +21,7 @@ from tests.contract.contract_app import (
     Limited,
     LongAsync,
     SlowRetry,
+    Stuck,
 )
 from unified_jobs import JobInfo
 from unified_jobs.errors import TimeLimitExceeded
@@ -98,6 +99,26 @@ def test_an_attempt_over_its_time_limit_fails_and_is_retried_per_policy(harness:
     time.sleep(1.0)  # nothing more arrives
     runs = runs_of(harness, info.id)
     assert [r["worker"] for r in runs] == ["contract.Limited"] * 2
+
+
+def test_an_attempt_stuck_past_its_hard_time_limit_is_killed_and_fails(harness: Harness) -> None:
+    if not harness.runs.in_worker_process:
+        pytest.skip(
+            f"{harness.backend} runs jobs {harness.runs.where}: a job stuck in one C call cannot be "
+            "stopped there; only a worker process can be killed"
+        )
+    started = time.monotonic()
+    handle = Stuck.perform_later({"n": 1})
+    info = settled(harness, handle.id, "failed", timeout=30)
+    took = time.monotonic() - started
+    assert 5.0 < took < 15, f"failed after {took:.1f} s: the hard limit is time_limit (0.5 s) plus 5 s"
+    assert info.last_error is not None and "TimeLimitExceeded" in info.last_error, info.last_error
+    # The worker goes on (its killed process replaced), and the stuck job never runs again.
+    after = Echo.perform_later({"n": 2})
+    settled(harness, after.id, "completed", timeout=30)
+    time.sleep(1.0)
+    assert [r["worker"] for r in runs_of(harness, handle.id)] == ["contract.Stuck"]
+    assert harness.jobs.job(handle.id).status == "failed"
 
 
 def test_a_job_whose_worker_process_dies_is_delivered_at_most_max_deliveries_times(harness: Harness) -> None:

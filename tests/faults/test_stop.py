@@ -1,5 +1,5 @@
 """A fast, safe stop on every queue kind: a real ``unified-jobs start --worker`` (prefork, its
-default prefetch) with 20 jobs of 1 s waiting gets SIGTERM while it runs its first jobs. It
+default prefetch, and ``--pool processes``) with 20 jobs of 1 s waiting gets SIGTERM while it runs its first jobs. It
 finishes the jobs it started, hands the ones it had prefetched back to the queue at once
 (it does not run them first), and exits; a second worker runs the rest: none lost, none run
 twice. The same with SIGTERM to the whole process group (what ``timeout`` and ``kill -TERM
@@ -49,6 +49,12 @@ STOP_SLACK = 9.0
 LONG_JOB_SEC = 60
 
 
+@pytest.fixture(params=["prefork", "processes"])
+def pool_kind(request: pytest.FixtureRequest) -> str:
+    """The first worker's ``--pool``: Celery's prefork, or processes under a supervisor."""
+    return str(request.param)
+
+
 @pytest.fixture(params=KINDS)
 def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     kind: str = request.param
@@ -85,6 +91,7 @@ def _stop_and_resume(
     send: Callable[[int], None],
     fault_row: Callable[..., None],
     how: str,
+    pool_kind: str,
 ) -> None:
     record = tmp_path / "record.jsonl"
     record.touch()
@@ -93,7 +100,9 @@ def _stop_and_resume(
     jobs = create_app(config, str(record))
     pool = WorkerPool(APP, tmp_path)
     try:
-        worker = pool(env, "--concurrency", str(CONCURRENCY), "--", "--without-mingle", "--without-gossip")
+        worker = pool(
+            env, "--concurrency", str(CONCURRENCY), "--pool", pool_kind, "--", "--without-mingle", "--without-gossip"
+        )
         worker.wait_for_output("ready.", timeout=60)
         ids = [Sleep.perform_later({"n": n, "seconds": SECONDS}).id for n in range(JOBS)]
 
@@ -118,7 +127,7 @@ def _stop_and_resume(
         time.sleep(1.0)
         counts = Counter(events("sleep_start"))
         lost, twice = sum(1 for i in ids if not counts[i]), sum(1 for i in ids if counts[i] > 1)
-        fault_row(f"{how} with 20 jobs waiting", queue["kind"], lost, twice, took)
+        fault_row(f"{how} with 20 jobs waiting, {pool_kind}", queue["kind"], lost, twice, took)
         assert (lost, twice) == (0, 0)
     finally:
         pool.stop_all()
@@ -126,22 +135,22 @@ def _stop_and_resume(
 
 
 def test_sigterm_finishes_running_jobs_and_hands_back_the_prefetched_ones(
-    queue: dict[str, Any], tmp_path: Path, fault_row: Callable[..., None]
+    queue: dict[str, Any], tmp_path: Path, fault_row: Callable[..., None], pool_kind: str
 ) -> None:
     send = lambda pid: os.kill(pid, signal.SIGTERM)  # noqa: E731
-    _stop_and_resume(queue, tmp_path, send, fault_row, "SIGTERM (stop time)")
+    _stop_and_resume(queue, tmp_path, send, fault_row, "SIGTERM (stop time)", pool_kind)
 
 
 def test_sigterm_to_the_process_group_exits_cleanly(
-    queue: dict[str, Any], tmp_path: Path, fault_row: Callable[..., None]
+    queue: dict[str, Any], tmp_path: Path, fault_row: Callable[..., None], pool_kind: str
 ) -> None:
     send = lambda pid: os.killpg(pid, signal.SIGTERM)  # noqa: E731
-    _stop_and_resume(queue, tmp_path, send, fault_row, "SIGTERM to the group (stop time)")
+    _stop_and_resume(queue, tmp_path, send, fault_row, "SIGTERM to the group (stop time)", pool_kind)
 
 
 @pytest.mark.parametrize("stop", ["cold", "grace"])
 def test_a_job_ended_by_a_cold_stop_goes_back_to_the_queue(
-    queue: dict[str, Any], tmp_path: Path, stop: str
+    queue: dict[str, Any], tmp_path: Path, stop: str, pool_kind: str
 ) -> None:
     """A cold stop ends the job still running, which goes back to its queue and runs again,
     whole, elsewhere; it is not a failed job. ``cold``: SIGTERM, then SIGQUIT (Ctrl-C twice).
@@ -154,7 +163,7 @@ def test_a_job_ended_by_a_cold_stop_goes_back_to_the_queue(
     jobs = create_app(config, str(record))
     pool = WorkerPool(APP, tmp_path)
     try:
-        worker = pool(env, "--concurrency", "1", "--", "--without-mingle", "--without-gossip")
+        worker = pool(env, "--concurrency", "1", "--pool", pool_kind, "--", "--without-mingle", "--without-gossip")
         worker.wait_for_output("ready.", timeout=60)
         long_id = Sleep.perform_later({"n": 0, "seconds": LONG_JOB_SEC}).id
 

@@ -72,10 +72,12 @@ logger = logging.getLogger(__name__)
 @click.option(
     "--pool",
     "-P",
-    type=click.Choice(["prefork", "threads", "solo"]),
+    type=click.Choice(["prefork", "processes", "threads", "solo"]),
     default="prefork",
     show_default=True,
-    help="-w: how jobs run: child processes, threads, or in the main thread.",
+    help="-w: how jobs run: child processes fed by this one (Celery's prefork); processes that "
+    "each take and run their own jobs, under this one (faster; one Celery node per process); "
+    "threads; or in the main thread.",
 )
 @click.option("--loglevel", "-l", default="INFO", show_default=True, help="Log level.")
 @click.option("--hostname", "-n", default=None, help="-w: worker node name (Celery's --hostname).")
@@ -252,33 +254,54 @@ def run_worker(
         )
     selected = select_queues(jobs, queues, tags)
     _flush_if_asked(jobs, selected)
-    argv = [
-        "worker",
-        "--queues",
-        ",".join(selected),
-        "--concurrency",
-        str(_worker_concurrency(jobs, concurrency)),
-        "--pool",
-        pool,
-        "--loglevel",
-        loglevel,
-    ]
-    if hostname:
-        argv += ["--hostname", hostname]
-    argv += list(celery_args)
-    if scheduler and _schedules_to_run(jobs):
-        from unified_jobs.adapters.celery.worker_scheduler import with_worker
+    count = _worker_concurrency(jobs, concurrency)
 
-        thread = jobs._scheduler()
-        with_worker(jobs.celery, thread.start, thread.stop)
+    def worker_argv(pool: str, concurrency: int, hostname: str | None) -> list[str]:
+        argv = ["worker", "--queues", ",".join(selected), "--concurrency", str(concurrency)]
+        argv += ["--pool", pool, "--loglevel", loglevel]
+        if hostname:
+            argv += ["--hostname", hostname]
+        return argv + list(celery_args)
+
+    with_scheduler = scheduler and _schedules_to_run(jobs)
     if metrics_port is not None:
         _serve_worker_metrics(jobs, metrics_port, metrics_binding)
     from unified_jobs.adapters.celery import draining
 
     draining.isolate_pool_processes()  # a SIGTERM to the process group is a warm stop too
     draining.stop_grace = jobs.config.workers.stop_grace
-    jobs.celery.worker_main(argv=argv)
+    if pool == "processes":
+        from unified_jobs.adapters.celery import supervisor
+
+        _log_to_stderr(supervisor.logger, loglevel, "supervisor")
+
+        def run_child(index: int) -> None:
+            if with_scheduler and index == 1:  # one scheduler per worker, in its first process
+                _scheduler_with_worker(jobs)
+            jobs.celery.worker_main(argv=worker_argv("solo", 1, supervisor.child_hostname(hostname, index)))
+
+        sys.exit(supervisor.Supervisor(jobs, count, run_child).run())
+    if with_scheduler:
+        _scheduler_with_worker(jobs)
+    jobs.celery.worker_main(argv=worker_argv(pool, count, hostname))
     sys.exit(0)
+
+
+def _log_to_stderr(logger: logging.Logger, level: str, name: str) -> None:
+    """Log ``logger``'s records of ``level`` and above to stderr, as Celery's worker logs its own
+    (a process that runs no Celery worker itself: a supervisor)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"[%(asctime)s: %(levelname)s/{name}] %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def _scheduler_with_worker(jobs: Jobs) -> None:
+    from unified_jobs.adapters.celery.worker_scheduler import with_worker
+
+    thread = jobs._scheduler()
+    with_worker(jobs.celery, thread.start, thread.stop)
 
 
 def _serve_worker_metrics(jobs: Jobs, port: int, binding: str) -> None:

@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from unified_jobs._async import run_on_thread_loop
 from unified_jobs._faults import fault_in
-from unified_jobs.adapters.celery import adoption, draining, heartbeat, publish_retry, unrunnable
+from unified_jobs.adapters.celery import adoption, draining, heartbeat, publish_retry, supervisor, unrunnable
 from unified_jobs.adapters.celery.kinds import QueueKind, kind_for
 from unified_jobs.adapters.celery.kinds.sql import ERROR_CLASS_HEADER, ERROR_HEADER, SqlJobStore
 from unified_jobs.adapters.celery.request import (
@@ -69,14 +69,6 @@ PUBLISH_RETRY_POLICY = publish_retry.PUBLISH_RETRY_POLICY
 #: Seconds past a Worker's ``time_limit`` after which Celery's prefork pool kills the process
 #: (the executor's own limit should have stopped the attempt before).
 HARD_LIMIT_GRACE = 5.0
-
-
-def _pool_process_ending() -> bool:
-    """Whether billiard's termination handler ran in this (pool) process: a SIGTERM from the
-    pool ending it, which it turns into a ``SystemExit`` where the job is."""
-    from billiard import common
-
-    return bool(common._should_have_exited[0])
 
 
 class CeleryBridge:
@@ -262,8 +254,18 @@ class CeleryBridge:
         executor = self.executor
         # The message's custom headers hold the trace context of the enqueue (observers only).
         parent = task.request.headers if executor.observers else None
-        outcome = executor.run(job, run_coroutine=run_on_thread_loop, parent=parent)
-        if isinstance(outcome.error, SystemExit) and _pool_process_ending():
+        supervised = supervisor.supervised()
+        if supervised:  # under --pool processes: its hard time limit, and a death mid-job
+            tag = (task.request.delivery_info or {}).get("delivery_tag")
+            if tag is None:
+                tag = (task.request.properties or {}).get("delivery_tag")
+            supervisor.job_started(job.id, job.name, job.queue, tag, task.time_limit)
+        try:
+            outcome = executor.run(job, run_coroutine=run_on_thread_loop, parent=parent)
+        finally:
+            if supervised:
+                supervisor.job_ended(job.id)
+        if isinstance(outcome.error, SystemExit) and draining.pool_process_ending():
             # Not the job's: a cold stop ends this pool process (billiard's signal handler
             # raises SystemExit in it). The job is not failed: it goes back to its queue, to
             # run again. Handed back as a result, not by letting the SystemExit end the process,

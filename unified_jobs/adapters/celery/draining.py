@@ -115,10 +115,27 @@ def reset(**_: Any) -> None:
 
 
 def run_unless_draining(target: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """In the pool process: run the job's trace, unless the shutdown began before it got here."""
+    """In the pool process: run the job's trace, unless the shutdown began before it got here.
+
+    A job past its hard time limit gets billiard's SIGTERM, and a SIGKILL 0.1 s later. Where
+    the SIGTERM ends the job early and the worker is not stopping, the process leaves at once
+    (its result is the parent's timeout already): back in billiard's loop it would take the
+    lock of the pool's shared inqueue (the SQL kinds' threaded pool) and die holding it to the
+    SIGKILL, and no pool process would ever get a job again."""
     if draining():
         raise HandedBack()
-    return target(*args, **kwargs)
+    result = target(*args, **kwargs)
+    if not draining() and pool_process_ending():
+        raise SystemExit("pool process ended by a SIGTERM (a hard time limit)")
+    return result
+
+
+def pool_process_ending() -> bool:
+    """Whether billiard's termination handler ran in this (pool) process: a SIGTERM from the
+    pool ending it, which it turns into a ``SystemExit`` where the job is."""
+    from billiard import common
+
+    return bool(common._should_have_exited[0])
 
 
 def install(app: Celery) -> None:

@@ -84,6 +84,11 @@ class Queries:
     delete_claimed: Delete
     # executemany of {job_id, claim_attempts, owner, now, error, error_class}
     fail: Update
+    # job_id, claim_attempts, now, error, error_class -> rowcount: the claim failed, whoever
+    # holds it (a ``--pool processes`` supervisor, for a process it killed)
+    fail_claim: Update
+    # job_id, claim_attempts, now -> rowcount: the claim queued again, whoever holds it
+    requeue_claim: Update
     # executemany of {job_id, claim_attempts, owner, now}
     requeue: Update
     # executemany of {job_id, claim_attempts, owner, now}: the job stopped on a cancel request
@@ -197,6 +202,18 @@ def queries_for(t: Tables, dialect: str) -> Queries:
             error_class=bindparam("error_class", type_=Text()),
             **cleared,
         ),
+        fail_claim=update(j)
+        .where(c.id == bindparam("job_id"), c.attempts == bindparam("claim_attempts"), c.status == PROCESSING)
+        .values(
+            status=FAILED,
+            updated_at=now,
+            last_error=bindparam("error"),
+            error_class=bindparam("error_class", type_=Text()),
+            **cleared,
+        ),
+        requeue_claim=update(j)
+        .where(c.id == bindparam("job_id"), c.attempts == bindparam("claim_attempts"), c.status == PROCESSING)
+        .values(status=QUEUED, updated_at=now, **cleared),
         requeue=update(j).where(mine).values(status=QUEUED, updated_at=now, **cleared),
         cancel_claimed=update(j).where(mine).values(status=CANCELLED, updated_at=now, **cleared),
         heartbeat=update(j)

@@ -667,6 +667,27 @@ class RedisKind(QueueKind):
             read_timeout=self.queue.read_timeout_sec,
         )
 
+    def fail_killed(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
+        # The job store says failed; the message, held unacked by the dead process, is
+        # dropped as its ack would have, rather than restored after visibility_timeout.
+        if delivery_tag is None:
+            return
+        with short_connection(app, write=True) as conn:
+            channel: Any = conn.default_channel
+            prefix = channel.global_keyprefix or ""
+            command = pack_command(["HDEL", prefix + channel.unacked_key, delivery_tag]) + pack_command(
+                ["ZREM", prefix + channel.unacked_index_key, delivery_tag]
+            )
+            channel.packed_calls()(command, replies=2)
+
+    def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
+        # kombu's restore of an unacked message, at the head of its list (it was taken first);
+        # its next delivery counts in the record (record_started), which caps it.
+        if delivery_tag is None:
+            return
+        with short_connection(app, write=True) as conn:
+            conn.default_channel.qos.restore_by_tag(delivery_tag, leftmost=True)
+
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         store = self.store
         assert isinstance(store, RedisJobStore)

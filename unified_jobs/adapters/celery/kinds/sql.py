@@ -363,6 +363,38 @@ class SqlKind(QueueKind):
     def make_store(self) -> JobStore:
         return SqlJobStore(self.db_uri, self.queue.table_prefix, on_ack=self.queue.on_ack)
 
+    def fail_killed(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
+        # The row is the job's record: it says failed, and its lease no longer expires into a
+        # redelivery.
+        self._settle_claim(delivery_tag, error)
+
+    def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
+        # As JobRequest does for a dead pool process: queued again until its claims reach
+        # max_deliveries, then failed (where its lease expiry would fail it too).
+        claims = self.lost_deliveries(job.id, delivery_tag)
+        limit = self.workers.max_deliveries
+        if claims < limit:
+            self._settle_claim(delivery_tag, None)
+        else:
+            why = f"the worker process died on each of {claims} deliveries (workers.max_deliveries is {limit})"
+            self._settle_claim(delivery_tag, f"WorkerLost: {why}")
+
+    def _settle_claim(self, delivery_tag: str | None, error: str | None) -> None:
+        """Fail (with ``error``) or queue again (``error`` None) the claim of ``delivery_tag``
+        (the transport's "<row id>.<claims so far>"), whichever process holds it."""
+        claim = claim_of(delivery_tag)
+        store = self.store
+        if claim is None or not isinstance(store, SqlJobStore):
+            return
+        table = store.table
+        transport_queries = queries.queries_for(table.tables, table.dialect)
+        params: dict[str, Any] = {"job_id": claim.id, "claim_attempts": claim.attempts, "now": utcnow()}
+        statement = transport_queries.requeue_claim
+        if error is not None:
+            statement, params = transport_queries.fail_claim, {**params, "error": error, "error_class": None}
+        with table._ready().begin() as conn:
+            conn.execute(statement, params)
+
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
         # The transport's delivery tag is "<row id>.<claims so far>".
         try:
