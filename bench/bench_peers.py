@@ -82,6 +82,7 @@ PG_DB = "uj_bench"
 #: The libraries each system needs in the enqueuing process and its workers.
 NEEDS = {
     "unified_jobs": ["unified_jobs"],
+    "uj-processes": ["unified_jobs"],
     "celery": ["celery"],
     "huey": ["huey"],
     "taskiq": ["taskiq", "taskiq_redis"],

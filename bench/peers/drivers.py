@@ -6,6 +6,8 @@ measures it (``measure``), with ``BENCH_BACKEND`` and the rest already in the en
 Worker concurrency: two worker processes running one job at a time each, or the closest:
 
 - unified_jobs, Celery: a prefork worker, ``--concurrency 2`` (a parent and two children);
+- uj-processes: unified_jobs with ``--pool processes --concurrency 2`` (two worker processes
+  that each take and run their own jobs, and their supervisor, which runs none);
 - huey: ``huey_consumer -w 2 -k process`` (two worker processes);
 - taskiq: ``taskiq worker --workers 2 --max-async-tasks 1`` (two processes, one task at a time);
 - dramatiq: ``dramatiq --processes 2 --threads 1``;
@@ -147,6 +149,19 @@ class UnifiedJobs(Driver):
                 *CELERY_OPTS,
             ]
         ]
+
+
+class UnifiedJobsProcesses(UnifiedJobs):
+    """unified_jobs whose worker is ``start --worker --pool processes``: two processes that
+    each take and run their own jobs, under a supervisor."""
+
+    name = "uj-processes"
+    concurrency = "--pool processes, --concurrency 2"
+
+    def workers(self) -> list[list[str]]:
+        (argv,) = super().workers()
+        at = argv.index("--concurrency")
+        return [[*argv[:at], "--pool", "processes", *argv[at:]]]
 
 
 class Celery(Driver):
@@ -325,14 +340,14 @@ class Procrastinate(Driver):
 
 
 DRIVERS: dict[str, type[Driver]] = {
-    d.name: d for d in (UnifiedJobs, Celery, Huey, Taskiq, Dramatiq, Procrastinate)
+    d.name: d for d in (UnifiedJobs, UnifiedJobsProcesses, Celery, Huey, Taskiq, Dramatiq, Procrastinate)
 }
 
-#: The systems measured on each backend, unified_jobs and Celery first.
+#: The systems measured on each backend, unified_jobs (prefork, then processes) and Celery first.
 BACKENDS: dict[str, list[str]] = {
-    "redis": ["unified_jobs", "celery", "huey", "taskiq", "dramatiq"],
-    "postgres": ["unified_jobs", "celery", "procrastinate", "huey"],
-    "sqlite": ["unified_jobs", "celery", "huey"],
+    "redis": ["unified_jobs", "uj-processes", "celery", "huey", "taskiq", "dramatiq"],
+    "postgres": ["unified_jobs", "uj-processes", "celery", "procrastinate", "huey"],
+    "sqlite": ["unified_jobs", "uj-processes", "celery", "huey"],
 }
 
 

@@ -12,6 +12,8 @@ FIGURES = ["enqueue jobs/s", "bulk enqueue jobs/s", "drain jobs/s", "latency p50
 #: jobs, and its growth from there to the last job.
 MEMORY_FIGURES = ["worker RSS MB", "RSS growth %"]
 OURS, CELERY = "unified_jobs", "celery"
+#: unified_jobs with ``start --worker --pool processes``: ours too, never a peer.
+OURS_PROCESSES = "uj-processes"
 
 
 def lower_is_better(figure: str) -> bool:
@@ -27,7 +29,9 @@ def advantage(figure: str, ours: float | None, other: float | None) -> float | N
 
 def best_peer(figure: str, systems: dict[str, dict[str, Any]]) -> tuple[str, float] | None:
     values = [
-        (name, r[figure]) for name, r in systems.items() if name not in (OURS, CELERY) and r.get(figure)
+        (name, r[figure])
+        for name, r in systems.items()
+        if name not in (OURS, OURS_PROCESSES, CELERY) and r.get(figure)
     ]
     if not values:
         return None
@@ -41,11 +45,14 @@ def cell(value: float | None) -> str:
     return f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
-def ratios(figure: str, systems: dict[str, dict[str, Any]]) -> tuple[float | None, float | None, str]:
-    """unified_jobs against Celery, against the best peer, and that peer's name."""
+def ratios(
+    figure: str, systems: dict[str, dict[str, Any]], ours_name: str = OURS
+) -> tuple[float | None, float | None, str]:
+    """unified_jobs (or ``ours_name``: uj-processes) against Celery, against the best peer, and
+    that peer's name."""
     if figure == "RSS growth %":  # near 0 on every side: a ratio of such would say nothing
         return None, None, ""
-    ours = systems.get(OURS, {}).get(figure)
+    ours = systems.get(ours_name, {}).get(figure)
     vs_celery = advantage(figure, ours, systems.get(CELERY, {}).get(figure))
     best = best_peer(figure, systems)
     if best is None:
@@ -65,6 +72,9 @@ def table(backend: str, data: dict[str, Any]) -> str:
     ]
     head = f"{'figure':22}" + "".join(f"{n:>{width}}" for n in names)
     head += f"{'uj vs celery':>14}{'uj vs best peer':>27}"
+    processes = OURS_PROCESSES in systems
+    if processes:
+        head += f"{'processes vs best peer':>27}"
     lines += [head, "-" * len(head)]
     memory = any(f in r for r in systems.values() for f in MEMORY_FIGURES)
     if memory:
@@ -74,6 +84,9 @@ def table(backend: str, data: dict[str, Any]) -> str:
         vs_celery, vs_peer, peer = ratios(figure, systems)
         row += f"{'-' if vs_celery is None else f'{vs_celery:.2f}':>14}"
         row += f"{'-' if vs_peer is None else f'{vs_peer:.2f} ({peer})':>27}"
+        if processes:
+            _, vs_peer, peer = ratios(figure, systems, OURS_PROCESSES)
+            row += f"{'-' if vs_peer is None else f'{vs_peer:.2f} ({peer})':>27}"
         lines.append(row)
     for name, r in systems.items():
         lines.append(f"  {name}: workers {r['concurrency']}; bulk: {r['bulk_api'] or 'none'}")

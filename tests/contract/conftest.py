@@ -98,7 +98,9 @@ RUNS: dict[str, Runs] = {
 #: take and run their own jobs, under a supervisor) instead of Celery's prefork pool.
 PROCESSES = "-processes"
 QUEUE_KINDS = ("redis", "postgres", "sqlite", "rabbitmq")
-_SUPERVISED = Runs(where="in real worker processes under a supervisor", in_worker_process=True, beats_per_process=True)
+_SUPERVISED = Runs(
+    where="in real worker processes under a supervisor", in_worker_process=True, beats_per_process=True
+)
 RUNS.update({f"{kind}{PROCESSES}": _SUPERVISED for kind in QUEUE_KINDS})
 
 #: perform_enqueued_jobs stops at 100 jobs by default, a guard against jobs that enqueue

@@ -53,6 +53,7 @@ def test_a_worker_beat_shows_its_queues_slots_and_polls(harness: Harness) -> Non
     beat = wait_for_beat(harness, lambda b: not polls or b.polled_at is not None, "(that polled)")
     assert set(CONTRACT_QUEUES) <= set(beat.queues)
     if harness.runs.beats_per_process:  # SLOTS processes of one slot each, on one host
+
         def processes() -> list[WorkerBeat]:
             return [b for b in harness.jobs.adapter.store.workers() if is_alive(b) and "default" in b.queues]
 

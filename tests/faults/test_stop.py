@@ -1,8 +1,8 @@
 """A fast, safe stop on every queue kind: a real ``unified-jobs start --worker`` (prefork, its
-default prefetch, and ``--pool processes``) with 20 jobs of 1 s waiting gets SIGTERM while it runs its first jobs. It
-finishes the jobs it started, hands the ones it had prefetched back to the queue at once
-(it does not run them first), and exits; a second worker runs the rest: none lost, none run
-twice. The same with SIGTERM to the whole process group (what ``timeout`` and ``kill -TERM
+default prefetch; and ``--pool processes``) with 20 jobs of 1 s waiting gets SIGTERM while it
+runs its first jobs. It finishes the jobs it started, hands the ones it had prefetched back to
+the queue at once (it does not run them first), and exits; a second worker runs the rest: none
+lost, none run twice. The same with SIGTERM to the whole process group (what ``timeout`` and ``kill -TERM
 -PGID`` send), which must not hang the worker in its pool's cleanup. A cold stop (SIGQUIT, or
 the end of ``workers.stop_grace``) hands the job it ends back to its queue.
 """
@@ -101,7 +101,14 @@ def _stop_and_resume(
     pool = WorkerPool(APP, tmp_path)
     try:
         worker = pool(
-            env, "--concurrency", str(CONCURRENCY), "--pool", pool_kind, "--", "--without-mingle", "--without-gossip"
+            env,
+            "--concurrency",
+            str(CONCURRENCY),
+            "--pool",
+            pool_kind,
+            "--",
+            "--without-mingle",
+            "--without-gossip",
         )
         worker.wait_for_output("ready.", timeout=60)
         ids = [Sleep.perform_later({"n": n, "seconds": SECONDS}).id for n in range(JOBS)]
@@ -163,7 +170,9 @@ def test_a_job_ended_by_a_cold_stop_goes_back_to_the_queue(
     jobs = create_app(config, str(record))
     pool = WorkerPool(APP, tmp_path)
     try:
-        worker = pool(env, "--concurrency", "1", "--pool", pool_kind, "--", "--without-mingle", "--without-gossip")
+        worker = pool(
+            env, "--concurrency", "1", "--pool", pool_kind, "--", "--without-mingle", "--without-gossip"
+        )
         worker.wait_for_output("ready.", timeout=60)
         long_id = Sleep.perform_later({"n": 0, "seconds": LONG_JOB_SEC}).id
 

@@ -42,7 +42,9 @@ def alive(pid: int) -> bool:
 
 
 @pytest.fixture(params=["Sqlite", "Redis"])
-def setup(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Jobs, WorkerPool, dict[str, str], Path]]:
+def setup(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Jobs, WorkerPool, dict[str, str], Path]]:
     redis: PrivateRedis | None = None
     if request.param == "Redis":
         redis = PrivateRedis(tmp_path)
@@ -90,14 +92,18 @@ def test_each_process_is_a_celery_node_of_its_own(setup: Any) -> None:
 
 
 def test_a_process_that_dies_is_forked_again(setup: Any) -> None:
-    jobs, pool, env, record = setup
+    _jobs, pool, env, record = setup
     worker = start(pool, env, 2)
     before = children(worker.proc.pid)
     os.kill(before[0], signal.SIGKILL)
-    assert wait_until(lambda: len(children(worker.proc.pid)) == 2 and before[0] not in children(worker.proc.pid), 20)
+    assert wait_until(
+        lambda: len(children(worker.proc.pid)) == 2 and before[0] not in children(worker.proc.pid), 20
+    )
     assert "worker process 1 (pid" in worker.output() or "worker process 2 (pid" in worker.output()
     ids = [Echo.perform_later({"n": n}).id for n in range(10)]
-    assert wait_until(lambda: {r["job"] for r in read_records(record)} >= set(ids), 30), worker.output()[-3000:]
+    assert wait_until(lambda: {r["job"] for r in read_records(record)} >= set(ids), 30), worker.output()[
+        -3000:
+    ]
     assert worker.proc.poll() is None
 
 
@@ -122,7 +128,7 @@ def test_sigkill_of_the_supervisor_ends_its_processes_and_loses_no_job(setup: An
 
 
 def test_a_warm_stop_finishes_the_running_jobs_and_exits_zero(setup: Any) -> None:
-    jobs, pool, env, record = setup
+    _jobs, pool, env, record = setup
     worker = start(pool, env, 2)
     kids = children(worker.proc.pid)
     ids = [Sleep.perform_later({"n": n, "seconds": 1.5}).id for n in range(2)]

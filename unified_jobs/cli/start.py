@@ -256,9 +256,10 @@ def run_worker(
     _flush_if_asked(jobs, selected)
     count = _worker_concurrency(jobs, concurrency)
 
-    def worker_argv(pool: str, concurrency: int, hostname: str | None) -> list[str]:
+    def worker_argv(pool: str | None, concurrency: int, hostname: str | None) -> list[str]:
         argv = ["worker", "--queues", ",".join(selected), "--concurrency", str(concurrency)]
-        argv += ["--pool", pool, "--loglevel", loglevel]
+        argv += ["--pool", pool] if pool else []  # else the app's worker_pool
+        argv += ["--loglevel", loglevel]
         if hostname:
             argv += ["--hostname", hostname]
         return argv + list(celery_args)
@@ -278,7 +279,8 @@ def run_worker(
         def run_child(index: int) -> None:
             if with_scheduler and index == 1:  # one scheduler per worker, in its first process
                 _scheduler_with_worker(jobs)
-            jobs.celery.worker_main(argv=worker_argv("solo", 1, supervisor.child_hostname(hostname, index)))
+            jobs.celery.conf.worker_pool = supervisor.POOL  # Celery's solo pool, with a cold stop
+            jobs.celery.worker_main(argv=worker_argv(None, 1, supervisor.child_hostname(hostname, index)))
 
         sys.exit(supervisor.Supervisor(jobs, count, run_child).run())
     if with_scheduler:

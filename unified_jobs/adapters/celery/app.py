@@ -265,7 +265,8 @@ class CeleryBridge:
         finally:
             if supervised:
                 supervisor.job_ended(job.id)
-        if isinstance(outcome.error, SystemExit) and draining.pool_process_ending():
+        stopped = draining.pool_process_ending() or supervisor.cold_stopping()
+        if isinstance(outcome.error, SystemExit) and stopped:
             # Not the job's: a cold stop ends this pool process (billiard's signal handler
             # raises SystemExit in it). The job is not failed: it goes back to its queue, to
             # run again. Handed back as a result, not by letting the SystemExit end the process,

@@ -30,6 +30,7 @@ RabbitMQ: at once).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
@@ -41,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from celery.concurrency import solo
+
 from unified_jobs.adapters.celery import draining
 
 if TYPE_CHECKING:
@@ -48,7 +51,17 @@ if TYPE_CHECKING:
 
     from unified_jobs.jobs import Jobs
 
-__all__ = ["Supervisor", "child_hostname", "job_ended", "job_started", "supervised"]
+__all__ = [
+    "POOL",
+    "ColdStop",
+    "SupervisedSoloPool",
+    "Supervisor",
+    "child_hostname",
+    "cold_stopping",
+    "job_ended",
+    "job_started",
+    "supervised",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +74,10 @@ RESTART_PAUSE_MAX = 30.0
 
 #: In a child: the write end of its pipe to the supervisor (None: not supervised).
 _notify_fd: int | None = None
+#: In a child: a cold stop began (it ends the running job, which goes back to its queue).
+_cold_stop = False
+#: Celery's ``worker_pool`` of each child.
+POOL = f"{__name__}:SupervisedSoloPool"
 
 
 def supervised() -> bool:
@@ -68,14 +85,34 @@ def supervised() -> bool:
     return _notify_fd is not None
 
 
+def cold_stopping() -> bool:
+    """Whether a cold stop of this (child) process ended the job it was running."""
+    return _cold_stop
+
+
+class ColdStop(SystemExit):
+    """Raised in the job a child's cold stop ends (by ``SupervisedSoloPool.terminate_job``)."""
+
+
+class SupervisedSoloPool(solo.TaskPool):  # type: ignore[misc]
+    """Celery's ``solo`` pool, whose cold stop (SIGQUIT, Ctrl-C twice, the end of
+    ``workers.stop_grace``) ends the running job as prefork's does: Celery asks the pool to
+    terminate the job, from its signal handler, which runs in this main thread, inside the job.
+    The ``ColdStop`` raised here unwinds the job, and the bridge hands it back to its queue
+    (``HandedBack``), rather than failing it. (Celery's ``solo`` pool cannot terminate a job.)"""
+
+    def terminate_job(self, pid: int, signum: Any = None) -> None:
+        global _cold_stop
+        _cold_stop = True
+        raise ColdStop("the worker process is stopping cold")
+
+
 def _tell(message: dict[str, Any]) -> None:
     if _notify_fd is None:
         return
     line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
-    try:
+    with contextlib.suppress(OSError):  # the supervisor is gone: PDEATHSIG ends this process
         os.write(_notify_fd, line)  # under PIPE_BUF: one atomic write
-    except OSError:  # the supervisor is gone; PDEATHSIG ends this process
-        pass
 
 
 def job_started(job_id: str, name: str, queue: str, delivery_tag: Any, hard_limit: float | None) -> None:
@@ -207,10 +244,8 @@ class Supervisor:
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
-        try:
+        with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
-        except OSError:
-            pass
 
     def _step(self) -> None:
         now = time.monotonic()
@@ -219,10 +254,8 @@ class Supervisor:
         timeout = min([1.0, *waits])
         for key, _ in self._selector.select(timeout):
             if key.data is None:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     os.read(self._wake_r, 512)
-                except BlockingIOError:
-                    pass
             else:
                 self._read(key.data)
         while self._pending_signals:
@@ -243,10 +276,8 @@ class Supervisor:
         self.stopping = True
         self._due.clear()
         for child in list(self.children.values()):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, forward)
-            except ProcessLookupError:
-                pass
 
     def _read(self, child: _Child) -> None:
         try:
@@ -265,7 +296,9 @@ class Supervisor:
                 continue
             if message.get("op") == "start":
                 child.running = message
-            elif message.get("op") == "end" and child.running and child.running.get("id") == message.get("id"):
+            elif (
+                message.get("op") == "end" and child.running and child.running.get("id") == message.get("id")
+            ):
                 child.running = None
 
     def _reap(self) -> None:
@@ -338,10 +371,8 @@ class Supervisor:
             # Failed first: a broker that redelivers the message the moment the process'
             # connection drops (RabbitMQ) hands it to a sibling, which must find it ended.
             self._settle(running, lost=False)
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def _settle(self, running: dict[str, Any], *, lost: bool) -> None:
         """Settle the job of a process that is dead (``lost``: it died mid-job; it goes back to
@@ -359,7 +390,9 @@ class Supervisor:
                 if kind is not None:
                     kind.requeue_lost(self.jobs.celery, job, tag)
                 return
-            error = JobError(f"TimeLimitExceeded: the worker process was killed after {running.get('limit')}s")
+            error = JobError(
+                f"TimeLimitExceeded: the worker process was killed after {running.get('limit')}s"
+            )
             bridge.record_failure(job.id, job.name, error, "", queue=job.queue)
             if kind is not None:
                 kind.fail_killed(self.jobs.celery, job, tag, f"{type(error).__name__}: {error}")
@@ -370,4 +403,3 @@ class Supervisor:
                 job.id,
                 "died" if lost else "was killed",
             )
-

@@ -92,6 +92,7 @@ class QueueKind(ABC):
         queue lets another process do so. The default does nothing: the broker delivers the
         message again (RabbitMQ, when the process' connection closes) and the job store says
         the attempt ended."""
+        return None
 
     def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
         """Called in a ``--pool processes`` supervisor when a worker process died running
@@ -99,6 +100,7 @@ class QueueKind(ABC):
         do so, as prefork's main process does (``workers.max_deliveries`` caps how often). The
         default does nothing: the broker requeues it (RabbitMQ, when the process' connection
         closes) and its next delivery counts."""
+        return None
 
     @abstractmethod
     def health(self, *, fix: bool, timeout: float) -> list[Check]:

@@ -376,7 +376,9 @@ class SqlKind(QueueKind):
         if claims < limit:
             self._settle_claim(delivery_tag, None)
         else:
-            why = f"the worker process died on each of {claims} deliveries (workers.max_deliveries is {limit})"
+            why = (
+                f"the worker process died on each of {claims} deliveries (workers.max_deliveries is {limit})"
+            )
             self._settle_claim(delivery_tag, f"WorkerLost: {why}")
 
     def _settle_claim(self, delivery_tag: str | None, error: str | None) -> None:
