@@ -137,3 +137,11 @@ def test_a_warm_stop_finishes_the_running_jobs_and_exits_zero(setup: Any) -> Non
     assert worker.proc.wait(30) == 0, worker.output()[-3000:]
     assert sorted(r["job"] for r in read_records(record) if r["worker"] == "sleep_end") == sorted(ids)
     assert not any(alive(k) for k in kids)
+
+
+def test_a_process_that_cannot_start_stops_the_worker_with_its_status(setup: Any) -> None:
+    _jobs, pool, env, _record = setup
+    worker = pool(env, "--concurrency", "2", "--pool", "processes", "--", "--no-such-option")
+    code = worker.proc.wait(60)
+    assert code == 2, worker.output()[-3000:]  # Celery's usage error, not a fork loop
+    assert "before it was ready: stopping the worker" in worker.output()

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from celery import signals
 from celery.concurrency import solo
 
 from unified_jobs.adapters.celery import draining
@@ -131,6 +132,11 @@ def job_started(job_id: str, name: str, queue: str, delivery_tag: Any, hard_limi
     )
 
 
+def _tell_ready(**_: Any) -> None:
+    """In a child (Celery's ``worker_ready``): its Celery worker consumes."""
+    _tell({"op": "ready"})
+
+
 def job_ended(job_id: str) -> None:
     """In a child: the job that ``job_started`` announced has ended."""
     _tell({"op": "end", "id": job_id})
@@ -153,6 +159,8 @@ class _Child:
     buffer: bytes = b""
     #: The job it announced and has not ended (the ``start`` message), if any.
     running: dict[str, Any] | None = None
+    #: Its Celery worker said it is ready: until then, an exit is a failure to start.
+    ready: bool = False
     #: The job it was killed for (past its hard time limit), once it was.
     killed_for: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -181,15 +189,18 @@ class Supervisor:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._pending_signals: list[int] = []
+        #: The exit status of the supervisor: a process's that could not start, else 0.
+        self.status = 0
 
     # -- the children --------------------------------------------------------------------
 
     def _fork(self, index: int) -> None:
         reader, writer = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the child
             try:
-                self._become_child(writer, reader)
+                self._become_child(writer, reader, parent)
                 self.run_child(index)
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -205,11 +216,10 @@ class Supervisor:
         self._selector.register(reader, selectors.EVENT_READ, child)
         logger.info("worker process %d started (pid %d)", index, pid)
 
-    def _become_child(self, writer: int, reader: int) -> None:
+    def _become_child(self, writer: int, reader: int, parent: int) -> None:
         global _notify_fd
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
-        signal.set_wakeup_fd(-1)
         os.close(reader)
         os.close(self._wake_r)
         os.close(self._wake_w)
@@ -218,6 +228,7 @@ class Supervisor:
         self._selector.close()
         self.children = {}
         _notify_fd = writer
+        signals.worker_ready.connect(_tell_ready, weak=False)
         # Its own stop flag: a warm stop of one child is not its siblings'.
         draining._flag = mmap.mmap(-1, 1)
         try:
@@ -225,7 +236,7 @@ class Supervisor:
             libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         except (OSError, AttributeError):  # not Linux: it outlives a killed supervisor
             pass
-        if os.getppid() == 1:
+        if os.getppid() != parent:  # the supervisor died before the prctl
             os._exit(1)
 
     # -- the loop ------------------------------------------------------------------------
@@ -240,7 +251,7 @@ class Supervisor:
             self._fork(index)
         while self.children or (self._due and not self.stopping):
             self._step()
-        return 0
+        return self.status
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         self._pending_signals.append(signum)
@@ -294,7 +305,9 @@ class Supervisor:
             except ValueError:
                 logger.warning("worker process %d sent an unreadable line: %r", child.index, line[:200])
                 continue
-            if message.get("op") == "start":
+            if message.get("op") == "ready":
+                child.ready = True
+            elif message.get("op") == "start":
                 child.running = message
             elif (
                 message.get("op") == "end" and child.running and child.running.get("id") == message.get("id")
@@ -333,6 +346,17 @@ class Supervisor:
                 child.running.get("name"),
             )
             self._settle(child.running, lost=True)
+        elif not child.ready and not self.stopping:
+            # It never got to consume (a bad option, an app that does not import): forking it
+            # again would fail the same way, so the worker stops, with its status, as prefork's.
+            logger.error(
+                "worker process %d (pid %d) exited (%s) before it was ready: stopping the worker",
+                child.index,
+                child.pid,
+                code,
+            )
+            self.status = code if code > 0 else 1
+            self._handle_signal(signal.SIGTERM)
         elif not self.stopping:
             logger.error("worker process %d (pid %d) exited (%s)", child.index, child.pid, code)
         if self.stopping:
