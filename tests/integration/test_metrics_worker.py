@@ -1,7 +1,7 @@
-"""``unified-jobs start --worker --metrics-port`` on the SQLite kind with a prefork pool of two:
-/metrics, served by the main process, sums what both pool processes counted (prometheus-
-client's multiprocess mode, in a private directory removed when the worker stops), and has
-the queue gauges."""
+"""``unified-jobs start --worker --metrics-port`` on the SQLite kind with a prefork pool of two
+(and with ``--pool processes``, two processes under a supervisor): /metrics, served by the main
+process, sums what both pool processes counted (prometheus-client's multiprocess mode, in a
+private directory removed when the worker stops), and has the queue gauges."""
 
 from __future__ import annotations
 
@@ -69,8 +69,10 @@ class Worker:
         self.record = folder / "record.jsonl"
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+@pytest.fixture(scope="module", params=["prefork", "processes"])
+def worker(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The worker, with Celery's prefork pool (the main process serves, two pool processes
+    count), or with ``--pool processes`` (the supervisor serves, its two processes count)."""
     folder = tmp_path_factory.mktemp("metrics")
     config = {
         "workers": {"mode": "BackgroundQueue"},
@@ -86,6 +88,8 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
         folder / "worker.log",
         "-c",
         "2",
+        "--pool",
+        str(request.param),
         "--metrics-port",
         str(port),
         *FAST,
