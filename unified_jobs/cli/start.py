@@ -280,7 +280,11 @@ def run_worker(
             if with_scheduler and index == 1:  # one scheduler per worker, in its first process
                 _scheduler_with_worker(jobs)
             jobs.celery.conf.worker_pool = supervisor.POOL  # Celery's solo pool, with a cold stop
-            jobs.celery.worker_main(argv=worker_argv(None, 1, supervisor.child_hostname(hostname, index)))
+            try:
+                jobs.celery.worker_main(argv=worker_argv(None, 1, supervisor.child_hostname(hostname, index)))
+            except click.ClickException as exc:  # a bad `celery worker` option: its usage error
+                exc.show()
+                sys.exit(exc.exit_code)
 
         sys.exit(supervisor.Supervisor(jobs, count, run_child).run())
     if with_scheduler:

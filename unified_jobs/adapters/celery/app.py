@@ -268,9 +268,10 @@ class CeleryBridge:
         stopped = draining.pool_process_ending() or supervisor.cold_stopping()
         if isinstance(outcome.error, SystemExit) and stopped:
             # Not the job's: a cold stop ends this pool process (billiard's signal handler
-            # raises SystemExit in it; under --pool processes, SupervisedSoloPool's ColdStop). The job is not failed: it goes back to its queue, to
-            # run again. Handed back as a result, not by letting the SystemExit end the process,
-            # whose exit the threaded pool's cleanup can then wait on for good.
+            # raises SystemExit in it; under --pool processes, SupervisedSoloPool's ColdStop).
+            # The job is not failed: it goes back to its queue, to run again. Handed back as a
+            # result, not by letting the SystemExit end the process, whose exit the threaded
+            # pool's cleanup can then wait on for good.
             raise draining.HandedBack("the worker is stopping: ended by a cold stop") from outcome.error
         if store is not None and outcome.kind != "retry":  # a retry's: with its next message
             store.record_outcome(job, outcome)
