@@ -89,6 +89,16 @@ def test_each_process_is_a_celery_node_of_its_own(setup: Any) -> None:
     pids = {r["pid"] for r in read_records(record)}
     assert pids <= set(children(worker.proc.pid)), "a job ran outside the supervisor's processes"
     assert worker.proc.pid not in pids, "the supervisor ran a job"
+    assert wait_until(lambda: all(jobs.status(i) == "completed" for i in ids), 10)
+    queue = jobs.config.queue
+    if queue is not None and queue.kind == "Redis":  # every message acked (with its outcome)
+        import redis
+
+        client = redis.Redis.from_url(queue.uri)
+        try:
+            assert wait_until(lambda: client.hlen("unacked") == 0 and client.zcard("unacked_index") == 0, 10)
+        finally:
+            client.close()
 
 
 def test_a_process_that_dies_is_forked_again(setup: Any) -> None:
