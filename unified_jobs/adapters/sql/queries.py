@@ -154,6 +154,19 @@ def queries_for(t: Tables, dialect: str) -> Queries:
         & (c.status == PROCESSING)
     )
     cleared = {"lease_owner": None, "lease_expires_at": None}
+    # One claim of a row, whoever holds it (a claim's attempts count is its own).
+    this_claim = (
+        c.id == bindparam("job_id"),
+        c.attempts == bindparam("claim_attempts"),
+        c.status == PROCESSING,
+    )
+    failed = {
+        "status": FAILED,
+        "updated_at": now,
+        "last_error": bindparam("error"),
+        "error_class": bindparam("error_class", type_=Text()),
+        **cleared,
+    }
     expired = (c.status == PROCESSING) & (c.lease_expires_at < now)
 
     holds_key = text(UNIQUE_HOLDERS)  # the partial index's own predicate, word for word
@@ -185,35 +198,11 @@ def queries_for(t: Tables, dialect: str) -> Queries:
             result_json=func.coalesce(bindparam("result", type_=Text()), c.result_json),
             **cleared,
         ),
-        keep_result=update(j)
-        .where(
-            c.id == bindparam("job_id"),
-            c.attempts == bindparam("claim_attempts"),
-            c.status == PROCESSING,
-        )
-        .values(result_json=bindparam("result")),
+        keep_result=update(j).where(*this_claim).values(result_json=bindparam("result")),
         delete_claimed=delete(j).where(mine),
-        fail=update(j)
-        .where(mine)
-        .values(
-            status=FAILED,
-            updated_at=now,
-            last_error=bindparam("error"),
-            error_class=bindparam("error_class", type_=Text()),
-            **cleared,
-        ),
-        fail_claim=update(j)
-        .where(c.id == bindparam("job_id"), c.attempts == bindparam("claim_attempts"), c.status == PROCESSING)
-        .values(
-            status=FAILED,
-            updated_at=now,
-            last_error=bindparam("error"),
-            error_class=bindparam("error_class", type_=Text()),
-            **cleared,
-        ),
-        requeue_claim=update(j)
-        .where(c.id == bindparam("job_id"), c.attempts == bindparam("claim_attempts"), c.status == PROCESSING)
-        .values(status=QUEUED, updated_at=now, **cleared),
+        fail=update(j).where(mine).values(**failed),
+        fail_claim=update(j).where(*this_claim).values(**failed),
+        requeue_claim=update(j).where(*this_claim).values(status=QUEUED, updated_at=now, **cleared),
         requeue=update(j).where(mine).values(status=QUEUED, updated_at=now, **cleared),
         cancel_claimed=update(j).where(mine).values(status=CANCELLED, updated_at=now, **cleared),
         heartbeat=update(j)
