@@ -7,20 +7,24 @@ small machine that main process costs about as much CPU per job as running the j
 the ``unified-jobs`` process forks ``concurrency`` children instead, each a whole Celery worker
 with the ``solo`` pool (its own broker connection, consumer, events and remote control, named
 ``<name>-<n>@<host>``), which runs each job it takes in its own main thread. The supervisor
-runs no job: it
+runs no job. Each child tells it, through a pipe, when its Celery worker is ready and when it
+starts a job (its id, name, queue, delivery tag and, with a ``time_limit``, its deadline: the
+limit plus ``HARD_LIMIT_GRACE``) and ends it: two short writes per job. The supervisor
 
-- forwards SIGTERM and SIGINT (a warm stop) and SIGQUIT (a cold stop) to every child, and
-  exits once they all have;
+- forwards SIGTERM and SIGINT (a warm stop) and SIGQUIT (a cold stop, which
+  ``SupervisedSoloPool`` turns into the running job handed back to its queue) to every child,
+  and exits once they all have;
 - forks a child again when one dies while the worker is not stopping (after a pause that
   grows while children keep dying at once), so a job that ends its process (``os._exit``, an
-  OOM kill) does not end the worker;
-- enforces hard time limits, which the ``solo`` pool has none of. A child tells the supervisor,
-  through a pipe, when it starts a job that has a ``time_limit`` (its id, name, queue, delivery
-  tag and deadline: the limit plus ``HARD_LIMIT_GRACE``) and when it ends it. A job still
-  running at its deadline (one stuck in a C call, which the executor's own limit cannot stop)
-  gets its process SIGKILLed and is failed with ``TimeLimitExceeded`` by the queue kind
-  (``QueueKind.fail_killed``), as prefork's main process fails it, and its message is not run
-  again; the child is forked again.
+  OOM kill) does not end the worker, and puts the job it was running back in its queue now
+  (``QueueKind.requeue_lost``), as prefork's main process does;
+- enforces hard time limits, which the ``solo`` pool has none of: a job still running at its
+  deadline (one stuck in a C call, which the executor's own limit cannot stop) is failed with
+  ``TimeLimitExceeded`` (the job store, then ``QueueKind.fail_killed``) as prefork's main
+  process fails it, so that its message is not run again, and then its process is SIGKILLed
+  and forked again;
+- stops the worker, with the child's exit status, when a child exits before it was ready (a
+  bad option, an app that does not import): forking it again would fail the same way.
 
 Each child asks the kernel to SIGKILL it if the supervisor dies (``PR_SET_PDEATHSIG``), so a
 ``kill -9`` of the supervisor leaves no worker behind: the jobs they held come back as after a
