@@ -256,17 +256,17 @@ class CeleryBridge:
         parent = task.request.headers if executor.observers else None
         supervised = supervisor.supervised()
         if supervised:  # under --pool processes: its hard time limit, and a death mid-job
-            tag = (task.request.delivery_info or {}).get("delivery_tag")
-            if tag is None:
-                tag = (task.request.properties or {}).get("delivery_tag")
+            tag = (task.request.properties or {}).get("delivery_tag")
             supervisor.job_started(job.id, job.name, job.queue, tag, task.time_limit)
         try:
             outcome = executor.run(job, run_coroutine=run_on_thread_loop, parent=parent)
         finally:
             if supervised:
                 supervisor.job_ended(job.id)
-        stopped = draining.pool_process_ending() or supervisor.cold_stopping()
-        if isinstance(outcome.error, SystemExit) and stopped:
+        ending = isinstance(outcome.error, SystemExit) and (
+            draining.pool_process_ending() or supervisor.cold_stopping()
+        )
+        if ending:
             # Not the job's: a cold stop ends this pool process (billiard's signal handler
             # raises SystemExit in it; under --pool processes, SupervisedSoloPool's ColdStop).
             # The job is not failed: it goes back to its queue, to run again. Handed back as a

@@ -31,6 +31,7 @@ __all__ = [
     "bridge_of",
     "cancel_watch",
     "error_class_of",
+    "worker_lost_text",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def error_class_of(exception: BaseException) -> str | None:
     if isinstance(exception, UnpickleableExceptionWrapper):
         return f"{exception.exc_module}.{exception.exc_cls_name}"
     return error_path(exception)
+
+
+def worker_lost_text(deliveries: int, limit: int) -> str:
+    """Why a job whose worker process died on each delivery is failed (``WorkerLost``)."""
+    return f"the worker process died on each of {deliveries} deliveries (workers.max_deliveries is {limit})"
 
 
 def bridge_of(app: Celery) -> CeleryBridge | None:
@@ -114,10 +120,7 @@ class JobRequest(Request):  # type: ignore[misc]
             if deliveries < limit:
                 return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
             try:
-                raise WorkerLost(
-                    f"the worker process died on each of {deliveries} deliveries "
-                    f"(workers.max_deliveries is {limit}): {exception!r}"
-                )
+                raise WorkerLost(f"{worker_lost_text(deliveries, limit)}: {exception!r}")
             except WorkerLost as final:
                 exc_info, exception, error_class = ExceptionInfo(), final, None
             bridge.record_failure(

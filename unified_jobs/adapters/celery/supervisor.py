@@ -17,10 +17,11 @@ limit plus ``HARD_LIMIT_GRACE``) and ends it: two short writes per job. The supe
 - forks a child again when one dies while the worker is not stopping (after a pause that
   grows while children keep dying at once), so a job that ends its process (``os._exit``, an
   OOM kill) does not end the worker, and puts the job it was running back in its queue now
-  (``QueueKind.requeue_lost``), as prefork's main process does;
+  (``QueueKind.requeue_lost``), or fails it with ``WorkerLost`` once it died on
+  ``workers.max_deliveries`` deliveries, as prefork's main process does;
 - enforces hard time limits, which the ``solo`` pool has none of: a job still running at its
   deadline (one stuck in a C call, which the executor's own limit cannot stop) is failed with
-  ``TimeLimitExceeded`` (the job store, then ``QueueKind.fail_killed``) as prefork's main
+  ``TimeLimitExceeded`` (the job store, then ``QueueKind.fail_delivery``) as prefork's main
   process fails it, so that its message is not run again, and then its process is SIGKILLed
   and forked again;
 - stops the worker, with the child's exit status, when a child exits before it was ready (a
@@ -406,24 +407,30 @@ class Supervisor:
         """Settle the job of a process that is dead (``lost``: it died mid-job; it goes back to
         its queue now) or about to be killed past the job's hard time limit (it fails, as
         prefork's main process fails it, and is not run again)."""
+        from unified_jobs.adapters.celery.request import worker_lost_text
         from unified_jobs.core.job import Job
-        from unified_jobs.errors import JobError
+        from unified_jobs.errors import JobError, WorkerLost
 
         job = Job(id=running["id"], name=running["name"], queue=running.get("queue") or "", kwargs_json="{}")
         bridge = self.jobs.celery_bridge()
         kind = bridge.kind
         tag = running.get("tag")
+        if kind is None:
+            return
         try:
-            if lost:
-                if kind is not None:
+            error: JobError
+            if lost:  # as JobRequest.on_failure caps the deliveries of a dead pool process's job
+                deliveries = kind.lost_deliveries(job.id, tag)
+                limit = bridge.config.workers.max_deliveries
+                if deliveries < limit:
                     kind.requeue_lost(self.jobs.celery, job, tag)
-                return
-            error = JobError(
-                f"TimeLimitExceeded: the worker process was killed after {running.get('limit')}s"
-            )
+                    return
+                error = WorkerLost(worker_lost_text(deliveries, limit))
+            else:
+                limit_sec = running.get("limit")
+                error = JobError(f"TimeLimitExceeded: the worker process was killed after {limit_sec}s")
             bridge.record_failure(job.id, job.name, error, "", queue=job.queue)
-            if kind is not None:
-                kind.fail_killed(self.jobs.celery, job, tag, f"{type(error).__name__}: {error}")
+            kind.fail_delivery(self.jobs.celery, job, tag, f"{type(error).__name__}: {error}")
         except Exception:
             logger.exception(
                 "could not settle job %s in its queue after its worker process %s; it comes back "

@@ -82,24 +82,26 @@ class QueueKind(ABC):
 
     @abstractmethod
     def lost_deliveries(self, task_id: str, delivery_tag: Any) -> int:
-        """Called in the worker's main process when a job's pool process died: how many of the
-        job's deliveries have now ended so (this one included)."""
+        """Called in the worker's main process (or a ``--pool processes`` supervisor) when a
+        job's worker process died: how many of the job's deliveries have now ended so (this
+        one included)."""
 
-    def fail_killed(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
-        """Called in a ``--pool processes`` supervisor as it kills the worker process that is
-        running ``job`` past its hard time limit, once the job store holds the failure: settle
-        the job's message (delivered as ``delivery_tag``) as failed with ``error``, where the
-        queue lets another process do so. The default does nothing: the broker delivers the
-        message again (RabbitMQ, when the process' connection closes) and the job store says
-        the attempt ended."""
+    def fail_delivery(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
+        """Called in a ``--pool processes`` supervisor for a job whose worker process it is
+        killing (past the job's hard time limit) or that died on each of its deliveries, once
+        the job store holds the failure: settle the job's message (delivered as
+        ``delivery_tag`` to that process) as failed with ``error``, where the queue lets
+        another process do so. The default does nothing: the broker delivers the message again
+        (RabbitMQ, when the process' connection closes) and the job store says the attempt
+        ended."""
         return None
 
     def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
         """Called in a ``--pool processes`` supervisor when a worker process died running
-        ``job``: put its message back in its queue now, where the queue lets another process
-        do so, as prefork's main process does (``workers.max_deliveries`` caps how often). The
-        default does nothing: the broker requeues it (RabbitMQ, when the process' connection
-        closes) and its next delivery counts."""
+        ``job`` (and ``lost_deliveries`` is under ``workers.max_deliveries``): put its message
+        back in its queue now, where the queue lets another process do so, as prefork's main
+        process does. The default does nothing: the broker requeues it (RabbitMQ, when the
+        process' connection closes)."""
         return None
 
     @abstractmethod

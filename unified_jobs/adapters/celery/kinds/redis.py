@@ -667,22 +667,17 @@ class RedisKind(QueueKind):
             read_timeout=self.queue.read_timeout_sec,
         )
 
-    def fail_killed(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
-        # The job store says failed; the message, held unacked by the dead process, is
-        # dropped as its ack would have, rather than restored after visibility_timeout.
+    def fail_delivery(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
+        # The job store says failed; the message, held unacked by the dead process, is acked
+        # (the channel's ack of a tag it never delivered only removes the unacked entries),
+        # rather than restored after visibility_timeout.
         if delivery_tag is None:
             return
         with short_connection(app, write=True) as conn:
-            channel: Any = conn.default_channel
-            prefix = channel.global_keyprefix or ""
-            command = pack_command(["HDEL", prefix + channel.unacked_key, delivery_tag]) + pack_command(
-                ["ZREM", prefix + channel.unacked_index_key, delivery_tag]
-            )
-            channel.packed_calls()(command, replies=2)
+            conn.default_channel.qos.ack(delivery_tag)
 
     def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
-        # kombu's restore of an unacked message, at the head of its list (it was taken first);
-        # its next delivery counts in the record (record_started), which caps it.
+        # kombu's restore of an unacked message, at the head of its list (it was taken first).
         if delivery_tag is None:
             return
         with short_connection(app, write=True) as conn:

@@ -363,23 +363,13 @@ class SqlKind(QueueKind):
     def make_store(self) -> JobStore:
         return SqlJobStore(self.db_uri, self.queue.table_prefix, on_ack=self.queue.on_ack)
 
-    def fail_killed(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
+    def fail_delivery(self, app: Any, job: Job, delivery_tag: str | None, error: str) -> None:
         # The row is the job's record: it says failed, and its lease no longer expires into a
         # redelivery.
         self._settle_claim(delivery_tag, error)
 
     def requeue_lost(self, app: Any, job: Job, delivery_tag: str | None) -> None:
-        # As JobRequest does for a dead pool process: queued again until its claims reach
-        # max_deliveries, then failed (where its lease expiry would fail it too).
-        claims = self.lost_deliveries(job.id, delivery_tag)
-        limit = self.workers.max_deliveries
-        if claims < limit:
-            self._settle_claim(delivery_tag, None)
-        else:
-            why = (
-                f"the worker process died on each of {claims} deliveries (workers.max_deliveries is {limit})"
-            )
-            self._settle_claim(delivery_tag, f"WorkerLost: {why}")
+        self._settle_claim(delivery_tag, None)
 
     def _settle_claim(self, delivery_tag: str | None, error: str | None) -> None:
         """Fail (with ``error``) or queue again (``error`` None) the claim of ``delivery_tag``
