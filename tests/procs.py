@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -373,3 +373,52 @@ class PrivateRabbitMQ:
                 with contextlib.suppress(ValueError, OSError):
                     os.kill(int(pid.read_text().strip()), signal.SIGKILL)
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+#: The queue kinds a test's own queue can be (``own_queue``).
+QUEUE_KINDS = ["Postgres", "Sqlite", "Redis", "RabbitMQ"]
+
+
+@contextlib.contextmanager
+def own_queue(kind: str, folder: Path, purpose: str) -> Iterator[dict[str, Any]]:
+    """A ``queue:`` section of ``kind`` that no other test module shares: a table prefix of
+    ``purpose`` (Postgres, emptied), a SQLite file in ``folder``, a Redis of the test's own,
+    or a vhost of ``purpose`` with a Redis of its own as the job store (RabbitMQ). Skips (or
+    fails under CI) where the server is missing; removes what it made at the end."""
+    from tests.conftest import (
+        PG_HOST,
+        PG_PORT,
+        PG_URL,
+        clear_sql_jobs,
+        drop_rabbitmq_vhost,
+        make_rabbitmq_vhost,
+        require_rabbitmq,
+        require_service,
+        sql_prefix,
+    )
+
+    cleanup: Callable[[], None] = lambda: None  # noqa: E731
+    if kind == "Postgres":
+        require_service("PostgreSQL", PG_HOST, PG_PORT)
+        prefix = sql_prefix(purpose)
+        clear_sql_jobs(PG_URL, prefix)
+        section: dict[str, Any] = {"kind": kind, "uri": PG_URL, "table_prefix": prefix}
+    elif kind == "Sqlite":
+        section = {"kind": kind, "uri": f"sqlite:///{folder / 'jobs.db'}"}
+    elif kind == "Redis":
+        redis = PrivateRedis(folder)
+        section, cleanup = {"kind": kind, "uri": redis.url}, redis.stop
+    else:
+        require_rabbitmq()
+        store = PrivateRedis(folder)
+        uri = make_rabbitmq_vhost(purpose)
+        section = {"kind": kind, "uri": uri, "store_uri": store.url}
+
+        def cleanup() -> None:
+            drop_rabbitmq_vhost(uri)
+            store.stop()
+
+    try:
+        yield section
+    finally:
+        cleanup()

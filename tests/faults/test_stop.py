@@ -20,24 +20,12 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import (
-    PG_HOST,
-    PG_PORT,
-    PG_URL,
-    clear_sql_jobs,
-    drop_rabbitmq_vhost,
-    make_rabbitmq_vhost,
-    require_rabbitmq,
-    require_service,
-    sql_prefix,
-)
 from tests.contract.contract_app import Sleep, create_app
-from tests.procs import PrivateRedis, WorkerPool, read_records, wait_until
+from tests.procs import QUEUE_KINDS, WorkerPool, own_queue, read_records, wait_until
 
 pytestmark = pytest.mark.timeout(150)
 
 APP = "tests.contract.contract_app:app_from_env"
-KINDS = ["Postgres", "Sqlite", "Redis", "RabbitMQ"]
 JOBS, SECONDS, CONCURRENCY = 20, 1.0, 2
 #: A stop may take the running jobs' time, and this much more. Celery's own stop of its pool,
 #: timer and connections polls in 1 s steps: about 2-3 s here on every kind, and 5 s was seen on
@@ -55,34 +43,10 @@ def pool_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture(params=KINDS)
+@pytest.fixture(params=QUEUE_KINDS)
 def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
-    kind: str = request.param
-    cleanup: Callable[[], None] = lambda: None  # noqa: E731
-    if kind == "Postgres":
-        require_service("PostgreSQL", PG_HOST, PG_PORT)
-        prefix = sql_prefix("faultstop")
-        clear_sql_jobs(PG_URL, prefix)
-        section = {"kind": kind, "uri": PG_URL, "table_prefix": prefix}
-    elif kind == "Sqlite":
-        section = {"kind": kind, "uri": f"sqlite:///{tmp_path / 'jobs.db'}"}
-    elif kind == "Redis":
-        redis = PrivateRedis(tmp_path)
-        section, cleanup = {"kind": kind, "uri": redis.url}, redis.stop
-    else:
-        require_rabbitmq()
-        store = PrivateRedis(tmp_path)
-        uri = make_rabbitmq_vhost("faultstop")
-        section = {"kind": kind, "uri": uri, "store_uri": store.url}
-
-        def cleanup() -> None:
-            drop_rabbitmq_vhost(uri)
-            store.stop()
-
-    try:
+    with own_queue(request.param, tmp_path, "faultstop") as section:
         yield section
-    finally:
-        cleanup()
 
 
 def _stop_and_resume(

@@ -1,5 +1,6 @@
 """``start --worker --pool processes``: the supervisor and its worker processes, on a real
-queue (SQLite files and a Redis of the test's own). What a job lives through under it (retries,
+queue of every kind (a Postgres table prefix, a SQLite file, a Redis of the test's own, a
+RabbitMQ vhost). What a job lives through under it (retries,
 time limits, a process that dies mid-job) is the contract suite's "-processes" backends; how it
 stops is ``tests/faults/test_stop.py``'s."""
 
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.contract.contract_app import Echo, Sleep, create_app
-from tests.procs import PrivateRedis, WorkerPool, read_records, wait_until
+from tests.procs import QUEUE_KINDS, WorkerPool, own_queue, read_records, wait_until
 from unified_jobs import Jobs
 
 pytestmark = pytest.mark.timeout(120)
@@ -41,29 +42,22 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-@pytest.fixture(params=["Sqlite", "Redis"])
+@pytest.fixture(params=QUEUE_KINDS)
 def setup(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[tuple[Jobs, WorkerPool, dict[str, str], Path]]:
-    redis: PrivateRedis | None = None
-    if request.param == "Redis":
-        redis = PrivateRedis(tmp_path)
-        queue: dict[str, Any] = {"kind": "Redis", "uri": redis.url}
-    else:
-        queue = {"kind": "Sqlite", "uri": f"sqlite:///{tmp_path / 'jobs.db'}"}
-    record = tmp_path / "record.jsonl"
-    record.touch()
-    config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
-    env = {"UJ_CONTRACT_RECORD": str(record), "UJ_CONTRACT_CONFIG": json.dumps(config)}
-    jobs = create_app(config, str(record))
-    pool = WorkerPool(APP, tmp_path)
-    try:
-        yield jobs, pool, env, record
-    finally:
-        pool.stop_all()
-        jobs.shutdown()
-        if redis is not None:
-            redis.stop()
+    with own_queue(request.param, tmp_path, "processes") as queue:
+        record = tmp_path / "record.jsonl"
+        record.touch()
+        config = {"workers": {"mode": "BackgroundQueue"}, "queue": queue}
+        env = {"UJ_CONTRACT_RECORD": str(record), "UJ_CONTRACT_CONFIG": json.dumps(config)}
+        jobs = create_app(config, str(record))
+        pool = WorkerPool(APP, tmp_path)
+        try:
+            yield jobs, pool, env, record
+        finally:
+            pool.stop_all()
+            jobs.shutdown()
 
 
 def start(pool: WorkerPool, env: dict[str, str], n: int = 2, *extra: str) -> Any:
